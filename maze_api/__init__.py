@@ -1,0 +1,1 @@
+"""maze_api: FastAPI servers (see the server API issue)."""

@@ -1,0 +1,1 @@
+"""maze_client: the SDK (see the server API issue)."""

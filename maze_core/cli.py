@@ -1,0 +1,481 @@
+"""The ``maze`` command line.
+
+Exit codes: 0 success; 1 a run ended failed or cancelled, or an operation failed; 2 bad input
+(configuration, workflow file, validation).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from click_default_group import DefaultGroup
+
+from . import __version__
+from . import events as ev
+from .errors import ConfigError, DAGValidationError, MazeError, TaskDefinitionError
+
+
+class UsageFailure(click.ClickException):
+    exit_code = 2
+
+
+def _fail_usage(message: str) -> UsageFailure:
+    return UsageFailure(message)
+
+
+class _Ctx:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._config = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from .config import load_config
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise _fail_usage(str(exc)) from None
+            from .logging import ensure_logging
+            ensure_logging(self._config.logging.level, self._config.logging.format)
+        return self._config
+
+    def store(self):
+        from . import plugins
+        try:
+            return plugins.pick("store", self.config.engine.store)(self.config)
+        except MazeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    def engine(self, executor: str | None = None):
+        from .engine import Engine
+        config = self.config
+        if executor:
+            config.engine.executor = executor
+        try:
+            return Engine.from_config(config, actor="cli")
+        except MazeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="maze")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="MAZE_CONFIG",
+              help="Path to config.toml (default: ./config.toml, else built-in defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Maze: run workflows of Python functions, recorded as events."""
+    ctx.obj = _Ctx(config_path)
+
+
+# ---------------------------------------------------------------------------- progress
+class RunProgress:
+    """Progress of runs on the engine thread's events: a rich bar on a terminal, else one line
+    per finished run."""
+
+    def __init__(self, engine: Any, enabled: bool = True):
+        from rich.console import Console
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self.engine = engine
+        self._bars: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
+        self._progress = None
+        self._unsubscribe = None
+
+    def __enter__(self) -> RunProgress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
+                                      console=self.console)
+            self._progress.start()
+        self._unsubscribe = self.engine.subscribe(self._on_events)
+        return self
+
+    def track(self, run_id: str, name: str, total: int, done: int = 0) -> None:
+        self._done[run_id] = done
+        if self._progress is not None:
+            self._bars[run_id] = self._progress.add_task(f"{name or 'run'} {run_id[:8]}", total=total,
+                                                         completed=done, state="")
+
+    def _on_events(self, events: list[ev.Event]) -> None:
+        for event in events:
+            run_id = event.run_id
+            if run_id not in self._done:
+                continue
+            if event.type in ev.TASK_TERMINAL_EVENTS:
+                self._done[run_id] += 1
+                if run_id in self._bars:
+                    self._progress.update(self._bars[run_id], completed=self._done[run_id])
+            elif event.type == ev.TASK_RETRYING and run_id in self._bars:
+                self._progress.update(self._bars[run_id],
+                                      state=f"retrying {event.data['task_id']}")
+            elif event.type in ev.RUN_TERMINAL:
+                status = event.data.get("status")
+                if run_id in self._bars:
+                    self._progress.update(self._bars[run_id], state=status)
+                else:
+                    self.console.print(f"run {run_id} {status}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# ---------------------------------------------------------------------------- output helpers
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fmt_ts(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _task_results(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """Per task: status and result (JSON view) or error, from the log."""
+    from . import results
+    out: dict[str, dict[str, Any]] = {}
+    for row in store.list_tasks(run_id):
+        out[row["task_id"]] = {"name": row["task_name"] or row["func_name"], "status": row["status"],
+                               "attempt": row["attempt"], "duration_s": row["duration_s"]}
+        if row["error"]:
+            out[row["task_id"]]["error"] = row["error"]
+    for event in store.read_stream(ev.run_stream(run_id)):
+        if event.type == ev.TASK_SUCCEEDED:
+            out[event.data["task_id"]]["result"] = results.public(
+                event.data.get("result"), event.data.get("result_ref"), store.get_blob)
+    return out
+
+
+def _print_run(store: Any, run_id: str, as_json: bool) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    if run is None:
+        raise click.ClickException(f"run {run_id!r} does not exist")
+    tasks = _task_results(store, run_id)
+    if as_json:
+        _echo_json({**run, "tasks": tasks})
+        return run
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    console.print(f"[bold]run {run['run_id']}[/bold]  {run['name'] or ''}  status: [bold]{run['status']}"
+                  f"[/bold]  created {_fmt_ts(run['created_at'])}  finished {_fmt_ts(run['finished_at'])}")
+    if run.get("error"):
+        console.print(f"[red]error:[/red] {run['error']}")
+    table = Table("task", "name", "status", "attempt", "seconds", "result / error")
+    for tid, t in tasks.items():
+        detail = t.get("error") if t["status"] != "succeeded" else _short(t.get("result"))
+        secs = f"{t['duration_s']:.3f}" if t["duration_s"] is not None else "-"
+        table.add_row(tid, t["name"], t["status"], str(t["attempt"]), secs, detail or "")
+    console.print(table)
+    return run
+
+
+# ---------------------------------------------------------------------------- maze run / demo / resume
+def _load_workflow_file(path: Path, dag_name: str | None) -> Any:
+    import cloudpickle
+
+    from .dag import DAG
+    if not path.is_file():
+        raise _fail_usage(f"{path}: no such file")
+    module_name = f"maze_workflow_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise _fail_usage(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except (DAGValidationError, TaskDefinitionError) as exc:
+        raise _fail_usage(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise _fail_usage(f"{path}: failed to load: {type(exc).__name__}: {exc}") from None
+    # the file is not importable by name elsewhere: ship its functions by value, so that a resumed
+    # run (another process) can still load them from the log
+    cloudpickle.register_pickle_by_value(module)
+    dags = {name: value for name, value in vars(module).items() if isinstance(value, DAG)}
+    if dag_name:
+        if dag_name not in dags:
+            raise _fail_usage(f"{path}: no DAG named {dag_name!r}; found: {', '.join(dags) or 'none'}")
+        return dags[dag_name]
+    if "dag" in dags:
+        return dags["dag"]
+    if len(dags) == 1:
+        return next(iter(dags.values()))
+    if not dags:
+        raise _fail_usage(f"{path}: defines no DAG; build one at module level, e.g. dag = DAG('name')")
+    raise _fail_usage(f"{path}: defines several DAGs ({', '.join(dags)}); choose one with --dag")
+
+
+def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progress: bool,
+             as_json: bool) -> None:
+    engine = obj.engine(executor)
+    engine.start(resume=False)
+    try:
+        with RunProgress(engine, enabled=progress and not as_json) as bar:
+            try:
+                run_id = engine.submit(dag, name=name)
+            except DAGValidationError as exc:
+                raise _fail_usage("invalid workflow:\n  " + "\n  ".join(exc.problems)) from None
+            if not as_json:
+                click.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)", err=True)
+            bar.track(run_id, name or dag.name, len(dag.tasks))
+            run = engine.wait(run_id)
+    finally:
+        engine.stop()
+    _print_run(engine.store, run_id, as_json)
+    if run["status"] != "succeeded":
+        sys.exit(1)
+
+
+@cli.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--dag", "dag_name", help="Name of the DAG variable, if the file defines several.")
+@click.option("--name", help="Name of the run (default: the DAG's name).")
+@click.option("--executor", help="Executor plugin to use (overrides [engine] executor).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on a terminal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its results as JSON.")
+@pass_ctx
+def run_cmd(obj: _Ctx, file: Path, dag_name: str | None, name: str | None, executor: str | None,
+            progress: bool, as_json: bool) -> None:
+    """Run the workflow defined in a Python FILE and print its results."""
+    obj.config  # noqa: B018 - configuration errors first
+    dag = _load_workflow_file(file, dag_name)
+    _run_dag(obj, dag, name, executor, progress, as_json)
+
+
+@cli.command("demo")
+@click.option("--executor", help="Executor plugin to use (overrides [engine] executor).")
+@click.option("--progress/--no-progress", default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def demo_cmd(obj: _Ctx, executor: str | None, progress: bool, as_json: bool) -> None:
+    """Run the bundled demo: fan-out, fan-in, a retried failure and a summary."""
+    from .demo import build_demo_dag
+    _run_dag(obj, build_demo_dag(key=uuid.uuid4().hex), "maze-demo", executor, progress, as_json)
+
+
+@cli.command("resume")
+@click.argument("run_ids", nargs=-1)
+@click.option("--force", is_flag=True, help="Resume even runs whose owning process looks alive.")
+@click.option("--executor", help="Executor plugin to use (overrides [engine] executor).")
+@click.option("--progress/--no-progress", default=True)
+@pass_ctx
+def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str | None, progress: bool) -> None:
+    """Finish unfinished runs (all of them, or RUN_IDS) without re-running finished tasks."""
+    engine = obj.engine(executor)
+    engine.start(resume=False)
+    failed = False
+    try:
+        with RunProgress(engine, enabled=progress) as bar:
+            try:
+                resumed = engine.resume(list(run_ids) or None, force=force)
+            except MazeError as exc:
+                raise click.ClickException(str(exc)) from None
+            if not resumed:
+                click.echo("nothing to resume")
+                return
+            for run_id in resumed:
+                row = engine.store.get_run(run_id) or {}
+                counts = row.get("task_counts", {})
+                done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "skipped"))
+                bar.track(run_id, row.get("name", ""), row.get("tasks_total", 0), done)
+            rows = [engine.wait(run_id) for run_id in resumed]
+    finally:
+        engine.stop()
+    for row in rows:
+        click.echo(f"run {row['run_id']} {row['status']}")
+        failed = failed or row["status"] != "succeeded"
+    if failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- maze runs / events
+@cli.group("runs", cls=DefaultGroup, default="list", default_if_no_args=True)
+def runs_group() -> None:
+    """List runs, or show one (maze runs show RUN)."""
+
+
+@runs_group.command("list")
+@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "cancelled"]))
+@click.option("--name", help="Only runs whose name contains this text.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def runs_list(obj: _Ctx, status: str | None, name: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    store = obj.store()
+    rows = store.list_runs(status=status, name=name, limit=limit, offset=offset)
+    total = store.count_runs(status=status, name=name)
+    if as_json:
+        _echo_json({"total": total, "runs": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("run", "name", "status", "tasks", "created", "finished")
+    for r in rows:
+        table.add_row(r["run_id"], r["name"] or "", r["status"], str(r["tasks_total"]),
+                      _fmt_ts(r["created_at"]), _fmt_ts(r["finished_at"]))
+    Console().print(table)
+    click.echo(f"{len(rows)} of {total} runs")
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def runs_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
+    """Show one run: every task with its status, attempts, duration and result or error."""
+    _print_run(obj.store(), _expand_run_id(obj.store(), run_id), as_json)
+
+
+def _expand_run_id(store: Any, prefix: str) -> str:
+    if store.get_run(prefix) is not None:
+        return prefix
+    matches = [r["run_id"] for r in store.list_runs(limit=10000) if r["run_id"].startswith(prefix)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise click.ClickException(f"run {prefix!r} does not exist")
+    raise click.ClickException(f"run id prefix {prefix!r} is ambiguous: {', '.join(matches[:5])}")
+
+
+@cli.group("events", cls=DefaultGroup, default="show")
+def events_group() -> None:
+    """The event log: maze events RUN, maze events verify, maze events replay."""
+
+
+@events_group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def events_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
+    """Every event of one run, in order."""
+    store = obj.store()
+    run_id = _expand_run_id(store, run_id)
+    for event in store.read_stream(ev.run_stream(run_id)):
+        if as_json:
+            click.echo(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
+            continue
+        data = dict(event.data)
+        if event.type == ev.RUN_SUBMITTED:
+            data = {"name": data.get("name"), "tasks": list(data.get("tasks", {}))}
+        data.pop("traceback", None)
+        click.echo(f"{event.seq:>8} v{event.version:<5} {_fmt_ts(event.ts)} {event.type:<14} {_short(data, 100)}")
+
+
+@events_group.command("verify")
+@pass_ctx
+def events_verify(obj: _Ctx) -> None:
+    """Prove that no event was edited, dropped or reordered (recompute the hash chain)."""
+    from .audit import verify_chain
+    report = verify_chain(obj.store())
+    if report.ok:
+        click.echo(f"ok: {report.events} events, hash chain intact")
+        return
+    raise click.ClickException(f"hash chain broken at seq {report.first_bad_seq}: {report.problem}")
+
+
+@events_group.command("replay")
+@click.option("--fix", is_flag=True, help="Rebuild the projections from the log if they differ.")
+@pass_ctx
+def events_replay(obj: _Ctx, fix: bool) -> None:
+    """Fold the whole log again and compare with the stored projections."""
+    from .audit import replay_check
+    store = obj.store()
+    diffs = replay_check(store)
+    if not diffs:
+        click.echo("ok: projections match the log")
+        return
+    for line in diffs[:50]:
+        click.echo(line)
+    if fix:
+        store.rebuild_projections()
+        click.echo(f"rebuilt projections ({len(diffs)} differences fixed)")
+        return
+    raise click.ClickException(f"{len(diffs)} differences; run with --fix to rebuild")
+
+
+# ---------------------------------------------------------------------------- plugins / tools / config
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_cmd(as_json: bool) -> None:
+    """Installed plugins: name, package, version and the hooks they implement."""
+    from .plugins import get_plugins
+    plugins = get_plugins()
+    if as_json:
+        _echo_json(plugins)
+        return
+    for p in plugins:
+        status = f"  ERROR: {p['error']}" if p.get("error") else ""
+        click.echo(f"{p['name']:<12} {p['package'] or '-'} {p['version'] or ''}  hooks: "
+                   f"{', '.join(p['hooks']) or '-'}{status}")
+
+
+@cli.group("tools", cls=DefaultGroup, default="list", default_if_no_args=True)
+def tools_group() -> None:
+    """Registered tools (@task functions from packages, tool folders and uploads)."""
+
+
+@tools_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def tools_list(obj: _Ctx, as_json: bool) -> None:
+    """Every registered tool with its version, source and resources."""
+    from .registry import task_registry
+    from .runtime import load_tools
+    load_tools(obj.config, task_registry)
+    tools = task_registry.list_tasks()
+    if as_json:
+        _echo_json(tools)
+        return
+    if not tools:
+        click.echo("no tools registered (install a maze-tool-* package or set [tools] paths)")
+    for t in tools:
+        click.echo(f"{t['name']:<24} {t['version']:<8} {t['type']:<4} {t['source']:<28} {t['description']}")
+
+
+@cli.command("config")
+@pass_ctx
+def config_cmd(obj: _Ctx) -> None:
+    """Print the effective configuration (file + MAZE_* overrides) as JSON."""
+    cfg = obj.config
+    _echo_json({"source": cfg.source, **cfg.model_dump(), "data_dir (resolved)": str(cfg.data_dir)})
+
+
+def _register_plugin_commands() -> None:
+    from .plugins import load_plugins
+    load_plugins().hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_plugin_commands()
+    try:
+        cli.main(args=argv, prog_name="maze", standalone_mode=True)
+    except MazeError as exc:  # anything not already turned into a clean CLI error
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

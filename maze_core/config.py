@@ -1,0 +1,183 @@
+"""Configuration: ``config.toml`` read into a pydantic model, then ``MAZE_*`` environment overrides.
+
+Where the file comes from: ``MAZE_CONFIG`` (a path) if set, else ``./config.toml`` if present, else
+built-in defaults (the same values as the documented ``config.toml``). Any key can be overridden by
+``MAZE_<SECTION>_<KEY>``: ``MAZE_SERVER_PORT=9000``, ``MAZE_ENGINE_EXECUTOR=local``,
+``MAZE_PATHS_DATA_DIR=/tmp/maze``. Relative paths resolve against ``[paths] project_root``, which
+itself resolves against the directory of the config file (or the working directory).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class PathsConfig(_Section):
+    project_root: str = "."
+    model_folder: str = "models"
+    data_dir: str = ".maze"
+
+
+class EngineConfig(_Section):
+    store: str = "sqlite"
+    executor: str = "local"
+    scheduler: str = "fifo"
+    retries: int = Field(0, ge=0, le=100)
+    retry_backoff: float = Field(0.5, ge=0)
+    retry_backoff_max: float = Field(30.0, ge=0)
+    default_timeout: float | None = Field(None, gt=0)
+    inline_result_limit: int = Field(65536, ge=0)
+    max_batch: int = Field(2000, ge=1)
+    validate_events: bool = False
+    resume_on_start: bool = True
+
+
+class LocalConfig(_Section):
+    mode: Literal["thread", "process"] = "thread"
+    cpus: float = Field(0, ge=0)  # 0: os.cpu_count()
+    mem: int = Field(0, ge=0)     # MB; 0: no memory accounting
+    gpus: int = Field(0, ge=0)
+
+
+class SqliteConfig(_Section):
+    filename: str = "maze.db"
+    busy_timeout_ms: int = Field(30000, ge=0)
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+
+
+class ToolsConfig(_Section):
+    paths: list[str] = []
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class MazeConfig(BaseModel):
+    """The whole configuration. Unknown sections are kept (plugins read their own); unknown keys
+    in Maze's own sections are errors."""
+
+    model_config = ConfigDict(extra="allow")
+
+    server: ServerConfig = ServerConfig()
+    paths: PathsConfig = PathsConfig()
+    engine: EngineConfig = EngineConfig()
+    local: LocalConfig = LocalConfig()
+    sqlite: SqliteConfig = SqliteConfig()
+    tools: ToolsConfig = ToolsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    # where the file came from (None: defaults); not a config key
+    source: str | None = Field(None, exclude=True)
+
+    # ------------------------------------------------------------------ derived paths
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        if p.is_absolute():
+            return p
+        root = Path(os.path.expanduser(self.paths.project_root))
+        if not root.is_absolute():
+            root = self.base_dir / root
+        return (root / p).resolve()
+
+    @property
+    def project_root(self) -> Path:
+        return self.resolve(".")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.paths.data_dir)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A plugin's own section as a dict ({} when absent)."""
+        value = getattr(self, name, None)
+        if value is None:
+            value = (self.model_extra or {}).get(name, {})
+        return value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+
+
+_SECTIONS = [name for name, f in MazeConfig.model_fields.items() if name != "source"]
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for var, raw in environ.items():
+        if not var.startswith("MAZE_") or var in ("MAZE_CONFIG", "MAZE_LOAD_PLUGINS"):
+            continue
+        rest = var[5:].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1:]
+                model = MazeConfig.model_fields[section].annotation
+                field = model.model_fields.get(key)
+                if field is None:
+                    raise ConfigError(f"environment variable {var}: [{section}] has no key {key!r}; "
+                                      f"known: {', '.join(model.model_fields)}")
+                value: Any = raw
+                if field.annotation is list[str]:
+                    value = [p for p in raw.split(os.pathsep) if p]
+                out.setdefault(section, {})[key] = value
+                break
+    return out
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0] if loc else "?"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    value = first.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{origin}: {key}: {first['msg']}{shown}{more}"
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: dict[str, str] | None = None) -> MazeConfig:
+    """Read the configuration; raise ``ConfigError`` naming the file and key on any problem."""
+    environ = dict(os.environ) if environ is None else environ
+    if path is None:
+        path = environ.get("MAZE_CONFIG") or ("config.toml" if Path("config.toml").is_file() else None)
+    data: dict[str, Any] = {}
+    origin = "built-in defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        for section in _SECTIONS:
+            if section in data and not isinstance(data[section], dict):
+                raise ConfigError(f"{p}: [{section}] must be a table, got {data[section]!r}")
+    for section, values in _env_overrides(environ).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        cfg = MazeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    cfg.source = str(Path(path).resolve()) if path is not None else None
+    return cfg

@@ -1,0 +1,779 @@
+"""The engine: turns submissions, executor reports and timers into events, and events into work.
+
+One thread (the loop) owns all run state. Everything else talks to it through an inbox:
+submissions, cancellations and resumptions from callers, ``TaskUpdate`` reports from the executor.
+Each turn of the loop drains the inbox, applies what it holds (creating events and applying each to
+its ``RunState`` at once), fires due timers (retries, timeouts), lets the scheduling policy pick the
+ready tasks that fit, appends the whole batch of events in one store transaction, and only then
+hands the picked tasks to the executor. So a task never starts before the log says it was queued,
+and a crash at any point leaves a log from which ``resume`` finishes the run without re-running a
+task the log shows finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import traceback as tb_mod
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from . import events as ev
+from . import results
+from .config import MazeConfig, load_config
+from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundError, RunStateError
+from .events import NewEvent, canonical_json
+from .executor import Executor, Invocation, TaskUpdate
+from .logging import ensure_logging, get_logger
+from .scheduler import ReadyTask, Scheduler
+from .state import _MISSING, ACTIVE, PENDING, QUEUED, RETRYING, RUNNING, TERMINAL, RunState
+from .store import EventStore, blob_hash
+
+log = get_logger("maze.engine")
+
+RUN_FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class EngineError(MazeError):
+    """The engine stopped or could not persist its events."""
+
+
+@dataclass
+class _Reply:
+    """A caller waiting for the loop to finish handling its message."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self.done.set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if not self.done.wait(timeout):
+            raise EngineError("the engine did not answer in time")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Engine:
+    """Runs workflows. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    def __init__(self, store: EventStore, executor: Executor, scheduler: Scheduler,
+                 registry: Any = None, config: MazeConfig | None = None, actor: str = "local"):
+        if registry is None:
+            from .registry import task_registry as registry
+        self.store, self.executor, self.scheduler, self.registry = store, executor, scheduler, registry
+        self.config = config or MazeConfig()
+        self.actor = actor
+        ec = self.config.engine
+        self._backoff, self._backoff_max = ec.retry_backoff, ec.retry_backoff_max
+        self._inline_limit, self._max_batch = ec.inline_result_limit, ec.max_batch
+        self._validate_events = ec.validate_events
+        self._owner = _owner()
+        self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._runs: dict[str, RunState] = {}          # active runs, owned by the loop thread
+        self._live: dict[str, dict[str, Any]] = {}    # run -> task -> result value (cache)
+        self._funcs: dict[str, Callable[..., Any]] = {}
+        self._timers: list[tuple] = []
+        self._timer_seq = itertools.count()
+        self._batch: list[tuple[RunState | None, NewEvent]] = []
+        self._batch_streams: set[str] = set()
+        self._blobs: dict[str, bytes] = {}
+        self._touched: dict[str, RunState] = {}
+        self._to_submit: list[Invocation] = []
+        self._replies: list[tuple[_Reply, Any]] = []
+        self._ended: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._subscribers: list[Callable[[list[ev.Event]], None]] = []
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._observers: _ObserverThread | None = None
+        self._registry_unsubscribe: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: MazeConfig | None = None, *, executor: Executor | None = None,
+                    store: EventStore | None = None, scheduler: Scheduler | None = None,
+                    registry: Any = None, actor: str = "local") -> Engine:
+        """Build an engine from the plugins named in ``[engine]``."""
+        from . import plugins
+        config = config or load_config()
+        ensure_logging(config.logging.level, config.logging.format)
+        ec = config.engine
+        if registry is None:
+            from .registry import task_registry as registry
+            from .runtime import load_tools
+            load_tools(config, registry)
+        store = store or plugins.pick("store", ec.store)(config)
+        executor = executor or plugins.pick("executor", ec.executor)(config)
+        scheduler = scheduler or plugins.pick("scheduler", ec.scheduler)(config)
+        return cls(store, executor, scheduler, registry=registry, config=config, actor=actor)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, resume: bool | None = None) -> list[str]:
+        """Start the loop and the executor; resume unfinished runs (``[engine] resume_on_start``).
+        Returns the ids of resumed runs."""
+        if self._thread is not None:
+            return []
+        self.executor.start(self._report)
+        self._observers = _ObserverThread.maybe_start()
+        self._thread = threading.Thread(target=self._loop, name="maze-engine", daemon=True)
+        self._thread.start()
+        self.sync_tools()
+        if hasattr(self.registry, "subscribe"):
+            self._registry_unsubscribe = self.registry.subscribe(self._on_tool_change)
+        if resume if resume is not None else self.config.engine.resume_on_start:
+            return self.resume()
+        return []
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the loop and the executor. Runs still active stay ``running`` in the log and are
+        resumed by the next engine that starts on this store."""
+        if self._thread is None:
+            return
+        if self._registry_unsubscribe:
+            self._registry_unsubscribe()
+        self._inbox.put(("stop",))
+        self._thread.join()
+        self._thread = None
+        self.executor.shutdown(wait=wait)
+        if self._observers:
+            self._observers.stop()
+        with self._cond:
+            self._cond.notify_all()
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _require_running(self) -> None:
+        if self._failure is not None:
+            raise EngineError(f"the engine stopped after an error: {self._failure}")
+        if self._thread is None:
+            raise EngineError("the engine is not running; call start() or use it as a context manager")
+
+    # ------------------------------------------------------------------ public API
+    def submit(self, dag: Any, name: str | None = None, actor: str | None = None) -> str:
+        """Validate ``dag`` (a ``maze_core.dag.DAG``), record it as a run and start it.
+
+        Returns the run id once ``RunSubmitted`` is durable. Raises ``DAGValidationError`` listing
+        every problem, before anything runs."""
+        self._require_running()
+        dag.validate(capacity_check=self._capacity_check)
+        tasks: dict[str, dict[str, Any]] = {}
+        blobs: dict[str, bytes] = {}
+        funcs: dict[str, Callable[..., Any]] = {}
+        pickled: dict[int, str] = {}
+        problems = []
+        for tid, node in dag.tasks.items():
+            tool = self._registered_tool(node.func_name)
+            if tool is not None and tool.func is node.func:
+                func_ref, tool_version = None, tool.version
+            else:
+                func_ref = pickled.get(id(node.func))
+                if func_ref is None:
+                    try:
+                        data = cloudpickle.dumps(node.func)
+                    except Exception as exc:
+                        problems.append(f"task {tid}: function {node.func_name!r} cannot be pickled: {exc}")
+                        continue
+                    func_ref = blob_hash(data)
+                    blobs[func_ref] = data
+                    funcs[func_ref] = node.func
+                    pickled[id(node.func)] = func_ref
+                tool_version = None
+            try:
+                inputs = json.loads(canonical_json(node.inputs))
+            except (TypeError, ValueError) as exc:
+                problems.append(f"task {tid}: inputs are not JSON-serialisable ({exc}); pass file paths "
+                                f"or JSON values")
+                continue
+            meta = node.meta
+            retries = node.retries if node.retries is not None else meta.retries
+            timeout = node.timeout if node.timeout is not None else meta.timeout
+            tasks[tid] = {
+                "func_name": node.func_name, "task_name": node.task_name, "func_ref": func_ref,
+                "tool_version": tool_version, "dependencies": list(node.dependencies), "inputs": inputs,
+                "resources": node.resources,
+                "retries": self.config.engine.retries if retries is None else int(retries),
+                "timeout": self.config.engine.default_timeout if timeout is None else float(timeout),
+            }
+        if problems:
+            raise DAGValidationError("; ".join(problems), problems)
+        run_id = str(uuid.uuid4())
+        data = {"name": name if name is not None else dag.name, "tasks": tasks, "owner": self._owner}
+        reply = _Reply()
+        self._inbox.put(("submit", run_id, data, blobs, funcs, actor or self.actor, reply))
+        reply.wait()
+        return run_id
+
+    def cancel(self, run_id: str, task_id: str | None = None, reason: str = "cancelled by user") -> list[str]:
+        """Cancel one task (and skip what depends on it) or, without ``task_id``, the whole run.
+        Returns the ids of the tasks cancelled. Running tasks are stopped best-effort."""
+        self._require_running()
+        reply = _Reply()
+        self._inbox.put(("cancel", run_id, task_id, reason, reply))
+        return reply.wait()
+
+    def resume(self, run_ids: Iterable[str] | None = None, force: bool = False) -> list[str]:
+        """Take over unfinished runs from the log: fold each, re-dispatch tasks that were queued or
+        running, and carry on. Runs owned by another live process on this host are left alone
+        unless ``force``. Returns the resumed run ids."""
+        self._require_running()
+        if run_ids is None:
+            run_ids = [r["run_id"] for r in self._iter_runs("running")]
+        states = []
+        for run_id in run_ids:
+            if run_id in self._runs:
+                continue
+            stream = self.store.read_stream(ev.run_stream(run_id))
+            if not stream:
+                raise NotFoundError(f"run {run_id!r} does not exist")
+            state = RunState.from_events(run_id, stream)
+            if state.finished:
+                continue
+            owner = state.owner
+            if (not force and owner.get("host") == self._owner["host"] and owner.get("pid")
+                    and owner["pid"] != os.getpid() and _pid_alive(owner["pid"])):
+                log.warning("run still owned by a live process; not resuming", run_id=run_id,
+                            pid=owner["pid"])
+                continue
+            states.append(state)
+        if not states:
+            return []
+        reply = _Reply()
+        self._inbox.put(("resume", states, reply))
+        return reply.wait()
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run has finished; return its ``runs`` row (with ``task_counts``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if run_id in self._ended or run_id not in self._runs:
+                    row = self.store.get_run(run_id)
+                    if row is None:
+                        raise NotFoundError(f"run {run_id!r} does not exist")
+                    if row["status"] in RUN_FINISHED:
+                        return row
+                    if self._thread is None or self._failure is not None:
+                        raise EngineError(f"the engine stopped while run {run_id} was {row['status']}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"run {run_id} did not finish within {timeout}s")
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+
+    def result(self, run_id: str, task_id: str) -> Any:
+        """The value a finished task returned (decoded from the log or a blob)."""
+        stream = self.store.read_stream(ev.run_stream(run_id))
+        if not stream:
+            raise NotFoundError(f"run {run_id!r} does not exist")
+        for event in reversed(stream):
+            if event.type == ev.TASK_SUCCEEDED and event.data["task_id"] == task_id:
+                return results.decode(event.data.get("result"), event.data.get("result_ref"),
+                                      self.store.get_blob)
+        state = RunState.from_events(run_id, stream)
+        if task_id not in state.tasks:
+            raise NotFoundError(f"run {run_id} has no task {task_id!r}")
+        raise RunStateError(f"task {task_id} of run {run_id} has no result: it is {state.tasks[task_id].status}")
+
+    def subscribe(self, callback: Callable[[list[ev.Event]], None]) -> Callable[[], None]:
+        """Call ``callback(events)`` on the engine thread after each commit (keep it quick)."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def sync_tools(self) -> None:
+        """Record the registry's tools as events where the log does not already say the same."""
+        known = {row["name"]: row for row in self.store.list_tools(include_removed=True)}
+        new_events = []
+        for entry in self._registry_entries():
+            row = known.get(entry.name)
+            if row is None or row["status"] != "active" or row["digest"] != entry.digest:
+                new_events.append(self._tool_event("registered", entry))
+        present = set(self.registry.names())
+        for name, row in known.items():
+            if (row["status"] == "active" and name not in present
+                    and str(row.get("source", "")).startswith(("package:", "dir:"))):
+                new_events.append(NewEvent(ev.tool_stream(name), ev.TOOL_REMOVED,
+                                           {"name": name, "reason": "no longer installed"}, self.actor))
+        if new_events:
+            self._notify(self.store.append(new_events))
+
+    # ------------------------------------------------------------------ helpers for callers
+    def _iter_runs(self, status: str) -> Iterable[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.store.list_runs(status=status, limit=500, offset=offset)
+            yield from page
+            if len(page) < 500:
+                return
+            offset += 500
+
+    def _registered_tool(self, name: str) -> Any:
+        get = getattr(self.registry, "get", None)
+        if get is None:
+            return None
+        try:
+            return get(name)
+        except (KeyError, NotFoundError):
+            return None
+
+    def _registry_entries(self) -> list[Any]:
+        return [self.registry.get(name) for name in self.registry.names()]
+
+    def _capacity_check(self, task_id: str, resources: dict[str, Any]) -> str | None:
+        reason = self.executor.check(resources)
+        return None if reason is None else f"task {task_id}: {reason} (executor {self.executor.name!r})"
+
+    def _tool_event(self, change: str, entry: Any) -> NewEvent:
+        if change == "removed":
+            return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REMOVED,
+                            {"name": entry.name, "reason": "unregistered"}, self.actor)
+        return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REGISTERED, {
+            "name": entry.name, "version": str(entry.version), "source": entry.source,
+            "meta": json.loads(canonical_json(entry.meta.to_dict())), "digest": entry.digest}, self.actor)
+
+    def _on_tool_change(self, change: str, entry: Any) -> None:
+        try:
+            self._notify(self.store.append([self._tool_event(change, entry)]))
+        except Exception:
+            log.exception("could not record tool change", tool=entry.name, change=change)
+
+    def _report(self, update: TaskUpdate) -> None:
+        self._inbox.put(("update", update))
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        try:
+            while True:
+                msgs = self._take()
+                stop = False
+                for msg in msgs:
+                    if msg[0] == "stop":
+                        stop = True
+                    else:
+                        self._handle(msg)
+                self._fire_timers()
+                if not stop:
+                    self._dispatch()
+                self._finish_runs()
+                self._commit()
+                if stop:
+                    return
+        except BaseException as exc:  # persisting failed: nothing may run on an unrecorded state
+            self._failure = exc
+            log.exception("engine loop stopped", error=str(exc))
+            for reply, _ in self._replies:
+                reply.set(error=EngineError(f"engine failed: {exc}"))
+            self._drain_replies(exc)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _take(self) -> list[tuple]:
+        timeout = None
+        if self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        try:
+            msgs = [self._inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(msgs) < self._max_batch:
+            try:
+                msgs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return msgs
+
+    def _drain_replies(self, exc: BaseException) -> None:
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if msg and isinstance(msg[-1], _Reply):
+                msg[-1].set(error=EngineError(f"engine failed: {exc}"))
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "update":
+            self._on_update(msg[1])
+        elif kind == "submit":
+            _, run_id, data, blobs, funcs, actor, reply = msg
+            state = RunState(run_id)
+            self._runs[run_id] = state
+            self._live[run_id] = {}
+            self._funcs.update(funcs)
+            self._blobs.update(blobs)
+            self._emit(state, ev.RUN_SUBMITTED, data, actor)
+            self._replies.append((reply, run_id))
+            log.info("run submitted", run_id=run_id, name=data["name"], tasks=len(data["tasks"]))
+        elif kind == "cancel":
+            _, run_id, task_id, reason, reply = msg
+            try:
+                self._replies.append((reply, self._cancel(run_id, task_id, reason)))
+            except MazeError as exc:
+                reply.set(error=exc)
+        elif kind == "resume":
+            _, states, reply = msg
+            self._replies.append((reply, [self._resume(state) for state in states]))
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, state: RunState, type_: str, data: dict[str, Any], actor: str | None = None) -> None:
+        if self._validate_events:
+            ev.validate_event(type_, data)
+        stream = ev.run_stream(state.run_id)
+        new = NewEvent(stream, type_, data, actor or self.actor)
+        if stream not in self._batch_streams:
+            new.expected_version = state.version
+            self._batch_streams.add(stream)
+        self._batch.append((state, new))
+        self._touched[state.run_id] = state
+        for task_id in state.apply(type_, data):
+            self._make_ready(state, task_id)
+
+    def _make_ready(self, state: RunState, task_id: str) -> None:
+        spec = state.tasks[task_id].spec
+        self.scheduler.add(ReadyTask(state.run_id, task_id, spec["func_name"], spec["resources"],
+                                     state.order, time.monotonic()))
+
+    def _commit(self) -> None:
+        if self._batch:
+            committed = self._append()
+            for (state, _), event in zip(self._batch, committed, strict=True):
+                if state is not None:
+                    state.version = event.version
+            self._batch, self._blobs = [], {}
+            self._batch_streams.clear()
+            self._notify(committed)
+        for reply, value in self._replies:
+            reply.set(value)
+        self._replies = []
+        for inv in self._to_submit:
+            try:
+                self.executor.submit(inv)
+            except Exception as exc:
+                self.executor.release(inv.resources)
+                self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                                        error=f"{type(exc).__name__}: executor refused the task: {exc}",
+                                        traceback=tb_mod.format_exc()))
+        self._to_submit = []
+
+    def _append(self) -> list[ev.Event]:
+        while True:
+            try:
+                return self.store.append([ne for _, ne in self._batch], self._blobs)
+            except ConcurrencyError as exc:
+                run_id = exc.stream[4:]
+                log.error("another process is driving this run; leaving it", run_id=run_id,
+                          expected=exc.expected, actual=exc.actual)
+                self._forget_run(run_id)
+                self._batch = [(s, ne) for s, ne in self._batch if ne.stream != exc.stream]
+                if not self._batch:
+                    return []
+
+    def _forget_run(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+        self._live.pop(run_id, None)
+        self._touched.pop(run_id, None)
+        keep = []
+        for inv in self._to_submit:
+            if inv.run_id == run_id:
+                self.executor.release(inv.resources)
+            else:
+                keep.append(inv)
+        self._to_submit = keep
+        replies = []
+        for reply, value in self._replies:
+            if value == run_id or (isinstance(value, list) and run_id in value):
+                reply.set(error=RunStateError(f"run {run_id} is being driven by another process"))
+            else:
+                replies.append((reply, value))
+        self._replies = replies
+
+    def _notify(self, committed: list[ev.Event]) -> None:
+        if not committed:
+            return
+        ended = False
+        for event in committed:
+            self.scheduler.observe(event)
+            if event.type in ev.RUN_TERMINAL:
+                run_id = event.stream[4:]
+                self._ended[run_id] = event.data.get("status", "")
+                self._runs.pop(run_id, None)
+                self._live.pop(run_id, None)
+                ended = True
+        for callback in list(self._subscribers):
+            try:
+                callback(committed)
+            except Exception:
+                log.exception("event subscriber failed")
+        if self._observers:
+            self._observers.put(committed)
+        if ended:
+            with self._cond:
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self) -> None:
+        if not len(self.scheduler):
+            return
+        for ready in self.scheduler.select(self.executor.try_reserve):
+            state = self._runs.get(ready.run_id)
+            task = state.tasks.get(ready.task_id) if state else None
+            if task is None or task.status not in (PENDING, RETRYING):
+                self.executor.release(ready.resources)
+                continue
+            spec = task.spec
+            attempt = task.attempt + 1
+            try:
+                func = self._load_func(spec)
+                kwargs = self._resolve_inputs(state, spec)
+            except Exception as exc:
+                self.executor.release(ready.resources)
+                self._emit(state, ev.TASK_QUEUED, {"task_id": ready.task_id, "attempt": attempt})
+                self._give_up(state, ready.task_id, attempt, f"{type(exc).__name__}: {exc}",
+                              tb_mod.format_exc(), None)
+                continue
+            self._emit(state, ev.TASK_QUEUED, {"task_id": ready.task_id, "attempt": attempt})
+            self._to_submit.append(Invocation(
+                state.run_id, ready.task_id, attempt, func, kwargs, spec["resources"],
+                spec.get("timeout"), spec["func_name"]))
+
+    def _load_func(self, spec: dict[str, Any]) -> Callable[..., Any]:
+        ref = spec.get("func_ref")
+        if ref is None:
+            tool = self._registered_tool(spec["func_name"])
+            if tool is None:
+                raise NotFoundError(f"tool {spec['func_name']!r} is not registered in this process")
+            return tool.func
+        func = self._funcs.get(ref)
+        if func is None:
+            func = cloudpickle.loads(self.store.get_blob(ref))
+            self._funcs[ref] = func
+        return func
+
+    def _resolve_inputs(self, state: RunState, spec: dict[str, Any]) -> dict[str, Any]:
+        from .dag import resolve_inputs
+        deps = spec.get("dependencies") or ()
+        if not deps:
+            return dict(spec["inputs"])
+        live = self._live.setdefault(state.run_id, {})
+        outputs = {}
+        for dep in deps:
+            if dep not in live:
+                t = state.tasks[dep]
+                live[dep] = results.decode(None if t.result is _MISSING else t.result,
+                                           t.result_ref, self.store.get_blob)
+            outputs[dep] = live[dep]
+        return resolve_inputs(spec["inputs"], state.tasks.keys(), outputs)
+
+    # ------------------------------------------------------------------ executor reports
+    def _on_update(self, u: TaskUpdate) -> None:
+        state = self._runs.get(u.run_id)
+        task = state.tasks.get(u.task_id) if state else None
+        if task is None or task.attempt != u.attempt or task.status not in ACTIVE:
+            return  # a late report for an attempt that was cancelled, timed out or superseded
+        if u.kind == "started":
+            if task.status == QUEUED:
+                self._emit(state, ev.TASK_STARTED, {"task_id": u.task_id, "attempt": u.attempt,
+                                                    "worker": u.worker})
+                timeout = task.spec.get("timeout")
+                if timeout:
+                    self._add_timer(time.monotonic() + timeout, "timeout", state.run_id, u.task_id,
+                                    u.attempt)
+            return
+        if task.status == QUEUED:  # the executor skipped "started": record it for the audit trail
+            self._emit(state, ev.TASK_STARTED, {"task_id": u.task_id, "attempt": u.attempt,
+                                                "worker": u.worker})
+        duration = round(u.duration_s or 0.0, 6)
+        if u.kind == "succeeded":
+            try:
+                fields, blobs = results.encode(u.value, self._inline_limit)
+            except results.ResultEncodingError as exc:
+                self._fail_attempt(state, u.task_id, u.attempt, f"TypeError: {exc}", None, duration,
+                                   retryable=False)
+                return
+            self._blobs.update(blobs)
+            self._live.setdefault(state.run_id, {})[u.task_id] = u.value
+            self._emit(state, ev.TASK_SUCCEEDED, {"task_id": u.task_id, "attempt": u.attempt,
+                                                  "duration_s": duration, **fields})
+        else:
+            self._fail_attempt(state, u.task_id, u.attempt, u.error or "failed", u.traceback, duration)
+
+    def _fail_attempt(self, state: RunState, task_id: str, attempt: int, error: str,
+                      traceback: str | None, duration: float | None, retryable: bool = True) -> None:
+        retries = int(state.tasks[task_id].spec.get("retries") or 0)
+        if retryable and attempt <= retries:
+            delay = min(self._backoff * (2 ** (attempt - 1)), self._backoff_max)
+            self._emit(state, ev.TASK_RETRYING, {"task_id": task_id, "attempt": attempt, "error": error,
+                                                 "traceback": traceback, "delay_s": delay})
+            self._add_timer(time.monotonic() + delay, "retry", state.run_id, task_id, attempt)
+            log.warning("task failed; retrying", run_id=state.run_id, task_id=task_id, attempt=attempt,
+                        error=error, delay_s=delay)
+            return
+        self._give_up(state, task_id, attempt, error, traceback, duration)
+
+    def _give_up(self, state: RunState, task_id: str, attempt: int, error: str, traceback: str | None,
+                 duration: float | None) -> None:
+        self._emit(state, ev.TASK_FAILED, {"task_id": task_id, "attempt": attempt, "error": error,
+                                           "traceback": traceback, "duration_s": duration})
+        log.warning("task failed", run_id=state.run_id, task_id=task_id, attempt=attempt, error=error)
+        self._skip_downstream(state, task_id, f"upstream task {task_id} failed")
+
+    def _skip_downstream(self, state: RunState, task_id: str, reason: str) -> None:
+        for tid in state.descendants(task_id):
+            if state.tasks[tid].status not in TERMINAL:
+                self.scheduler.remove(state.run_id, tid)
+                self._emit(state, ev.TASK_SKIPPED, {"task_id": tid, "reason": reason, "upstream": task_id})
+
+    # ------------------------------------------------------------------ cancel and resume
+    def _cancel(self, run_id: str, task_id: str | None, reason: str) -> list[str]:
+        state = self._runs.get(run_id)
+        if state is None:
+            row = self.store.get_run(run_id)
+            if row is None:
+                raise NotFoundError(f"run {run_id!r} does not exist")
+            if row["status"] in RUN_FINISHED:
+                raise RunStateError(f"run {run_id} has already {row['status']}")
+            raise RunStateError(f"run {run_id} is not driven by this engine; resume it first")
+        if task_id is not None:
+            task = state.tasks.get(task_id)
+            if task is None:
+                raise NotFoundError(f"run {run_id} has no task {task_id!r}")
+            if task.status in TERMINAL:
+                raise RunStateError(f"task {task_id} of run {run_id} has already {task.status}")
+            targets = [task_id]
+        else:
+            targets = [tid for tid, t in state.tasks.items() if t.status not in TERMINAL]
+        for tid in targets:
+            task = state.tasks[tid]
+            if task.status in TERMINAL:
+                continue
+            if task.status in ACTIVE:
+                self.executor.cancel(run_id, tid)
+            else:
+                self.scheduler.remove(run_id, tid)
+            self._emit(state, ev.TASK_CANCELLED, {"task_id": tid, "reason": reason})
+        if task_id is not None:
+            self._skip_downstream(state, task_id, f"upstream task {task_id} was cancelled")
+        log.info("cancelled", run_id=run_id, task_id=task_id, tasks=len(targets))
+        return targets
+
+    def _resume(self, state: RunState) -> str:
+        self._runs[state.run_id] = state
+        self._live[state.run_id] = {}
+        requeued = [tid for tid, t in state.tasks.items() if t.status in ACTIVE]
+        self._emit(state, ev.RUN_RESUMED, {"owner": self._owner, "requeued": requeued})
+        requeued_set = set(requeued)
+        for tid, t in state.tasks.items():
+            if tid in requeued_set:
+                continue
+            if (t.status == PENDING and t.waiting == 0) or t.status == RETRYING:
+                self._make_ready(state, tid)
+        log.info("run resumed", run_id=state.run_id, requeued=requeued, open=state.open)
+        return state.run_id
+
+    def _finish_runs(self) -> None:
+        for state in self._touched.values():
+            if state.status == "running" and state.open == 0:
+                status, failed = state.outcome()
+                error = None
+                if failed:
+                    first = state.tasks[failed[0]]
+                    error = f"task {failed[0]} ({first.spec['func_name']}) failed: {first.error}"
+                elif status == "failed":
+                    error = "tasks were skipped"
+                type_ = {"succeeded": ev.RUN_SUCCEEDED, "failed": ev.RUN_FAILED,
+                         "cancelled": ev.RUN_CANCELLED}[status]
+                self._emit(state, type_, {"status": status, "error": error, "failed_tasks": failed})
+                log.info("run finished", run_id=state.run_id, status=status)
+        self._touched = {}
+
+    # ------------------------------------------------------------------ timers
+    def _add_timer(self, when: float, kind: str, run_id: str, task_id: str, attempt: int) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), kind, run_id, task_id, attempt))
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, run_id, task_id, attempt = heapq.heappop(self._timers)
+            state = self._runs.get(run_id)
+            task = state.tasks.get(task_id) if state else None
+            if task is None or task.attempt != attempt:
+                continue
+            if kind == "retry" and task.status == RETRYING:
+                self._make_ready(state, task_id)
+            elif kind == "timeout" and task.status in (QUEUED, RUNNING):
+                self.executor.cancel(run_id, task_id)
+                limit = task.spec.get("timeout")
+                self._fail_attempt(state, task_id, attempt,
+                                   f"TimeoutError: task {task_id} ({task.spec['func_name']}) ran longer "
+                                   f"than its timeout of {limit:g}s", None, limit)
+
+
+class _ObserverThread:
+    """Delivers committed events to ``on_event`` hook implementations without blocking the engine."""
+
+    def __init__(self, hook: Any):
+        self._hook = hook
+        self._queue: queue.Queue[list[ev.Event] | None] = queue.Queue(maxsize=10000)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="maze-observers", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def maybe_start(cls) -> _ObserverThread | None:
+        from .plugins import load_plugins
+        hook = load_plugins().hook.on_event
+        return cls(hook) if hook.get_hookimpls() else None
+
+    def put(self, events: list[ev.Event]) -> None:
+        try:
+            self._queue.put_nowait(events)
+        except queue.Full:
+            self.dropped += len(events)
+
+    def _run(self) -> None:
+        while (events := self._queue.get()) is not None:
+            for event in events:
+                try:
+                    self._hook(event=event)
+                except Exception:
+                    log.exception("on_event observer failed", seq=event.seq)
+
+    def stop(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1)
+        self._thread.join(timeout=5)

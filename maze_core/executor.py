@@ -1,0 +1,92 @@
+"""The contract of executor plugins: where task bodies run.
+
+The engine reserves capacity with ``try_reserve`` (so that the scheduling policy, not the executor,
+decides the order), then calls ``submit``. The executor reports back through the ``report`` callback
+given to ``start``: first ``started`` (with where it runs), then exactly one of ``succeeded`` or
+``failed``. It releases the reservation *before* reporting the end, so the engine can dispatch the
+next task at once. ``maze_core.testing.executor_contract`` is the reusable test suite.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(slots=True)
+class Invocation:
+    """One attempt of one task, with its inputs resolved."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    resources: dict[str, Any]           # canonical form, see maze_core.resources.normalize
+    timeout: float | None = None
+    func_name: str = ""
+    workdir: str | None = None
+
+
+@dataclass(slots=True)
+class TaskUpdate:
+    """What an executor reports about an invocation."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    kind: Literal["started", "succeeded", "failed"]
+    value: Any = None                    # the task's return value (succeeded)
+    error: str | None = None             # "ExceptionType: message" (failed)
+    traceback: str | None = None
+    duration_s: float | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+
+
+Report = Callable[[TaskUpdate], None]
+
+
+class Executor(ABC):
+    """Runs task bodies. Thread-safe: ``submit``/``cancel`` come from the engine thread, reports
+    may come from any thread."""
+
+    name: str = "executor"
+
+    @abstractmethod
+    def start(self, report: Report) -> None:
+        """Begin accepting work; ``report`` receives every ``TaskUpdate``."""
+
+    @abstractmethod
+    def capacity(self) -> dict[str, Any]:
+        """Total resources: ``{"cpu": float, "mem": MB (0: unaccounted), "gpu": float, ...}``."""
+
+    @abstractmethod
+    def check(self, resources: dict[str, Any]) -> str | None:
+        """Why a request can never run here (e.g. more CPUs than exist), or None if it can."""
+
+    @abstractmethod
+    def try_reserve(self, resources: dict[str, Any]) -> bool:
+        """Reserve capacity for one task now; False if it does not fit at the moment."""
+
+    @abstractmethod
+    def release(self, resources: dict[str, Any]) -> None:
+        """Give back a reservation that was never submitted."""
+
+    @abstractmethod
+    def submit(self, invocation: Invocation) -> None:
+        """Run a task whose resources were reserved. Must not block."""
+
+    @abstractmethod
+    def cancel(self, run_id: str, task_id: str) -> None:
+        """Best-effort stop of a submitted task. The reservation is released; the executor reports
+        nothing more for it (late reports are ignored by the engine anyway)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Nodes, resources and running tasks, for ``maze cluster`` and ``/cluster``."""
+        return {"executor": self.name, "capacity": self.capacity()}
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop accepting work and release workers."""

@@ -1,0 +1,65 @@
+"""Every extension point of Maze, as pluggy hookspecs.
+
+Plugins implement them with ``@maze_core.hookimpl`` and are found through the entry-point group
+``maze`` (``[project.entry-points.maze] name = "module"``). Hooks named ``register_*`` receive a
+``register`` callback: call it once per thing the plugin provides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("maze")
+hookimpl = pluggy.HookimplMarker("maze")
+
+
+@hookspec
+def register_stores(register: Any) -> None:
+    """Provide event-store backends.
+
+    Call ``register(name, factory)``; ``factory(config: MazeConfig) -> EventStore``. The store named
+    by ``[engine] store`` is used. Run ``maze_core.testing.store_contract`` against your store."""
+
+
+@hookspec
+def register_executors(register: Any) -> None:
+    """Provide executors: where task bodies run.
+
+    Call ``register(name, factory)``; ``factory(config: MazeConfig) -> Executor``. The executor named
+    by ``[engine] executor`` is used. Run ``maze_core.testing.executor_contract`` against yours."""
+
+
+@hookspec
+def register_schedulers(register: Any) -> None:
+    """Provide scheduling policies that order ready tasks.
+
+    Call ``register(name, factory)``; ``factory(config: MazeConfig) -> Scheduler``. The policy named
+    by ``[engine] scheduler`` is used."""
+
+
+@hookspec
+def register_tools(register: Any) -> None:
+    """Hand over ``@task`` functions from a tool package.
+
+    Call ``register(func)`` for each decorated function; it lands in the task registry with the
+    package's name and version as its source, and the registration is recorded as an event."""
+
+
+@hookspec
+def on_event(event: Any) -> None:
+    """Observe every committed event (``maze_core.events.Event``).
+
+    Called on a dedicated thread after the event is durable, in log order. Must not block for long:
+    the queue to observers is bounded and the engine never waits for them."""
+
+
+@hookspec
+def register_routes(app: Any) -> None:
+    """Extend the HTTP server: ``app`` is the FastAPI application; add routers or routes to it."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Extend the ``maze`` command line: ``cli`` is the root click group; add commands to it."""

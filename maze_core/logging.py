@@ -1,0 +1,50 @@
+"""structlog set-up: pretty console logs on a terminal, JSON lines elsewhere (servers, CI).
+
+Loggers are bound with ``run_id`` and ``task_id`` where they concern one run or task.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR}
+
+
+def setup_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
+    """Configure structlog and the stdlib ``logging`` root (used by the registry) once.
+
+    ``fmt``: ``console`` (coloured, for people), ``json`` (one object per line, for machines) or
+    ``auto`` (console on a tty, else json). Logs go to stderr so command output stays clean."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    renderer = (structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+                if fmt == "console" else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=_LEVELS[level], stream=stream,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", force=False)
+
+
+def ensure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure logging unless the application already did."""
+    if not structlog.is_configured():
+        setup_logging(level, fmt)
+
+
+def get_logger(name: str, **bound):
+    return structlog.get_logger(name).bind(**bound)

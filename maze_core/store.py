@@ -1,0 +1,102 @@
+"""The contract every event-store plugin fulfils.
+
+A store keeps the append-only event log, the projections (``maze_core.projections``) written in the
+same transaction as the events that change them, and a content-addressed blob table for large or
+non-JSON results and pickled functions. ``maze_core.testing.store_contract`` is the reusable test
+suite: a third-party store passes it to be a drop-in replacement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from .events import Event, NewEvent
+
+
+def blob_hash(data: bytes) -> str:
+    """Content address of a blob: sha256 hex digest."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class EventStore(ABC):
+    """Append-only event log with projections and blobs. Implementations are safe to share
+    between threads, and several processes may open the same store."""
+
+    # ------------------------------------------------------------------ log
+    @abstractmethod
+    def append(self, events: Sequence[NewEvent], blobs: Mapping[str, bytes] | None = None) -> list[Event]:
+        """Append ``events`` atomically, in order, with their projections and ``blobs``
+        (``{hash: bytes}``). Assigns seq, per-stream version, ts and the chained hash.
+        Raises ``ConcurrencyError`` (and writes nothing) if an event's ``expected_version`` is
+        not its stream's current version."""
+
+    @abstractmethod
+    def read_stream(self, stream: str, after_version: int = 0) -> list[Event]:
+        """Events of one stream with version > ``after_version``, in order."""
+
+    @abstractmethod
+    def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        """Events of every stream with seq > ``after_seq``, in seq order."""
+
+    def iter_all(self, batch: int = 5000) -> Iterator[Event]:
+        """Every event in seq order, fetched in batches."""
+        after = 0
+        while True:
+            chunk = self.read_all(after_seq=after, limit=batch)
+            if not chunk:
+                return
+            yield from chunk
+            after = chunk[-1].seq
+
+    @abstractmethod
+    def stream_version(self, stream: str) -> int:
+        """The current version of ``stream`` (0 when it has no events)."""
+
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The highest seq in the log (0 when empty)."""
+
+    # ------------------------------------------------------------------ blobs
+    @abstractmethod
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` under its sha256 and return the hash (idempotent)."""
+
+    @abstractmethod
+    def get_blob(self, digest: str) -> bytes:
+        """The bytes stored under ``digest``; ``NotFoundError`` if absent."""
+
+    # ------------------------------------------------------------------ projections
+    @abstractmethod
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The ``runs`` row of ``run_id`` with ``task_counts`` ({status: n}) added, or None."""
+
+    @abstractmethod
+    def list_runs(self, status: str | None = None, name: str | None = None, limit: int = 50,
+                  offset: int = 0) -> list[dict[str, Any]]:
+        """Runs newest first, filtered by exact status and by name substring."""
+
+    @abstractmethod
+    def count_runs(self, status: str | None = None, name: str | None = None) -> int:
+        """How many runs ``list_runs`` would page through."""
+
+    @abstractmethod
+    def list_tasks(self, run_id: str) -> list[dict[str, Any]]:
+        """The ``tasks`` rows of one run, in submission order."""
+
+    @abstractmethod
+    def list_tools(self, include_removed: bool = False) -> list[dict[str, Any]]:
+        """The ``tools`` rows, by name."""
+
+    @abstractmethod
+    def projection_rows(self, table: str) -> list[dict[str, Any]]:
+        """Every row of projection ``table`` (``runs``, ``tasks``, ``tools``) as stored."""
+
+    @abstractmethod
+    def rebuild_projections(self) -> None:
+        """Drop every projection row and rebuild them from the log alone."""
+
+    def close(self) -> None:  # noqa: B027 - optional for stores holding no resources
+        """Release connections and files."""

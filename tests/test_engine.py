@@ -1,0 +1,385 @@
+"""The engine against a real SQLite file and the real local executor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from maze_core import events as ev
+from maze_core.audit import replay_check, verify_chain
+from maze_core.dag import DAG
+from maze_core.engine import Engine
+from maze_core.errors import DAGValidationError, NotFoundError, RunStateError
+from maze_core.registry import ToolRegistry, task
+
+calls: Counter[str] = Counter()
+gates: dict[str, threading.Event] = {}
+
+
+@task
+def add(a: int, b: int) -> dict:
+    calls["add"] += 1
+    return {"sum": a + b}
+
+
+@task
+def double(x: int) -> dict:
+    calls["double"] += 1
+    return {"value": x * 2}
+
+
+@task
+def collect(values: list) -> dict:
+    return {"total": sum(values), "n": len(values)}
+
+
+@task
+def boom(x: int = 0) -> dict:
+    raise ValueError(f"boom {x}")
+
+
+@task(retries=2)
+def flaky(key: str, fail_times: int) -> dict:
+    calls[key] += 1
+    if calls[key] <= fail_times:
+        raise ConnectionError(f"attempt {calls[key]} failed")
+    return {"attempts": calls[key]}
+
+
+@task
+def wait_gate(name: str) -> dict:
+    calls[f"gate:{name}"] += 1
+    if not gates[name].wait(20):
+        raise TimeoutError("gate never opened")
+    return {"gate": name, "n": 1}
+
+
+@task(timeout=0.3)
+def sleepy(seconds: float) -> dict:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@task
+def make_tuple() -> tuple:
+    return (1, "two", 3.0)
+
+
+@task
+def describe(value) -> dict:
+    return {"type": type(value).__name__, "value": list(value)}
+
+
+@task
+def big_result(n: int) -> dict:
+    return {"items": list(range(n))}
+
+
+@task
+def unpicklable() -> object:
+    return threading.Lock()
+
+
+def events_of(engine: Engine, run_id: str) -> list[ev.Event]:
+    return engine.store.read_stream(ev.run_stream(run_id))
+
+
+def types_of(engine: Engine, run_id: str, task_id: str | None = None) -> list[str]:
+    return [e.type for e in events_of(engine, run_id)
+            if task_id is None or e.data.get("task_id") == task_id]
+
+
+def test_chain_with_references_runs_in_order_and_records_everything(engine):
+    dag = DAG("chain")
+    t1 = dag.add_task(add, inputs={"a": 1, "b": 2})
+    t2 = dag.add_task(double, inputs={"x": f"{t1}.output.sum"})
+    t3 = dag.add_task(double, inputs={"x": t2.output.value})
+    run_id = engine.submit(dag)
+    run = engine.wait(run_id, timeout=20)
+    assert run["status"] == "succeeded"
+    assert run["task_counts"] == {"succeeded": 3}
+    assert engine.result(run_id, t3) == {"value": 12}
+    assert types_of(engine, run_id, t1) == ["TaskQueued", "TaskStarted", "TaskSucceeded"]
+    all_types = types_of(engine, run_id)
+    assert all_types[0] == "RunSubmitted" and all_types[-1] == "RunSucceeded"
+    # t2 is queued only after t1 succeeded
+    order = [(e.type, e.data.get("task_id")) for e in events_of(engine, run_id)]
+    assert order.index(("TaskSucceeded", t1)) < order.index(("TaskQueued", t2))
+    assert verify_chain(engine.store).ok
+    assert replay_check(engine.store) == []
+
+
+def test_fan_out_fan_in_with_list_of_references(engine):
+    dag = DAG("fan")
+    src = dag.add_task(add, inputs={"a": 0, "b": 1})
+    mids = [dag.add_task(double, inputs={"x": src.output.sum}) for _ in range(8)]
+    sink = dag.add_task(collect, inputs={"values": [m.output.value for m in mids]})
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, sink) == {"total": 16, "n": 8}
+    assert set(dag.tasks[sink].dependencies) == set(mids)
+
+
+def test_retry_with_backoff_then_success(engine):
+    calls["flaky-ok"] = 0
+    dag = DAG("retry")
+    t = dag.add_task(flaky, inputs={"key": "flaky-ok", "fail_times": 2})
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, t) == {"attempts": 3}
+    retrying = [e for e in events_of(engine, run_id) if e.type == ev.TASK_RETRYING]
+    assert [e.data["attempt"] for e in retrying] == [1, 2]
+    assert retrying[1].data["delay_s"] == pytest.approx(2 * retrying[0].data["delay_s"])
+    assert "ConnectionError: attempt 1 failed" == retrying[0].data["error"]
+    row = {r["task_id"]: r for r in engine.store.list_tasks(run_id)}[t]
+    assert row["attempt"] == 3 and row["status"] == "succeeded"
+
+
+def test_failure_cascades_downstream_but_spares_other_branches(engine):
+    dag = DAG("cascade")
+    bad = dag.add_task(boom, inputs={"x": 7})
+    after_bad = dag.add_task(double, inputs={"x": bad.output.value})
+    after_after = dag.add_task(double, inputs={"x": after_bad.output.value})
+    good = dag.add_task(add, inputs={"a": 1, "b": 1})
+    run_id = engine.submit(dag)
+    run = engine.wait(run_id, timeout=20)
+    assert run["status"] == "failed"
+    assert f"task {bad} (boom) failed: ValueError: boom 7" == run["error"]
+    statuses = {r["task_id"]: r["status"] for r in engine.store.list_tasks(run_id)}
+    assert statuses == {bad: "failed", after_bad: "skipped", after_after: "skipped", good: "succeeded"}
+    failed = next(e for e in events_of(engine, run_id) if e.type == ev.TASK_FAILED)
+    assert "Traceback" in failed.data["traceback"] and "boom" in failed.data["traceback"]
+    skipped = [e.data for e in events_of(engine, run_id) if e.type == ev.TASK_SKIPPED]
+    assert {s["task_id"] for s in skipped} == {after_bad, after_after}
+    assert all(s["upstream"] == bad for s in skipped)
+
+
+def test_retries_exhausted_fail_the_task(engine):
+    calls["flaky-bad"] = 0
+    dag = DAG("exhausted")
+    t = dag.add_task(flaky, inputs={"key": "flaky-bad", "fail_times": 10}, retries=1)
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "failed"
+    assert types_of(engine, run_id, t).count("TaskQueued") == 2
+    assert calls["flaky-bad"] == 2
+
+
+def test_timeout_fails_a_hung_task_quickly(engine):
+    dag = DAG("timeout")
+    slow = dag.add_task(sleepy, inputs={"seconds": 5})
+    fast = dag.add_task(add, inputs={"a": 1, "b": 2})
+    started = time.monotonic()
+    run_id = engine.submit(dag)
+    run = engine.wait(run_id, timeout=10)
+    assert time.monotonic() - started < 3
+    assert run["status"] == "failed"
+    failed = next(e for e in events_of(engine, run_id) if e.type == ev.TASK_FAILED)
+    assert failed.data["task_id"] == slow
+    assert "TimeoutError" in failed.data["error"] and "0.3s" in failed.data["error"]
+    assert {r["task_id"]: r["status"] for r in engine.store.list_tasks(run_id)}[fast] == "succeeded"
+
+
+def test_cancel_running_task_skips_downstream(engine):
+    gates["c1"] = threading.Event()
+    calls["gate:c1"] = 0
+    dag = DAG("cancel")
+    blocked = dag.add_task(wait_gate, inputs={"name": "c1"})
+    after = dag.add_task(double, inputs={"x": blocked.output.gate})
+    run_id = engine.submit(dag)
+    _wait_for(lambda: calls["gate:c1"] == 1)
+    assert engine.cancel(run_id, blocked) == [blocked]
+    run = engine.wait(run_id, timeout=10)
+    gates["c1"].set()
+    assert run["status"] == "cancelled"
+    statuses = {r["task_id"]: r["status"] for r in engine.store.list_tasks(run_id)}
+    assert statuses == {blocked: "cancelled", after: "skipped"}
+    with pytest.raises(RunStateError):
+        engine.cancel(run_id, blocked)
+
+
+def test_cancel_whole_run_and_unknown_ids(engine):
+    gates["c2"] = threading.Event()
+    dag = DAG("cancel-run")
+    a = dag.add_task(wait_gate, inputs={"name": "c2"})
+    b = dag.add_task(double, inputs={"x": a.output.gate})
+    run_id = engine.submit(dag)
+    with pytest.raises(NotFoundError):
+        engine.cancel(run_id, "t99")
+    with pytest.raises(NotFoundError):
+        engine.cancel("no-such-run")
+    assert sorted(engine.cancel(run_id)) == sorted([a, b])
+    assert engine.wait(run_id, timeout=10)["status"] == "cancelled"
+    gates["c2"].set()
+
+
+def test_results_non_json_and_large_go_to_blobs(engine, config):
+    dag = DAG("blobs")
+    tup = dag.add_task(make_tuple)
+    seen = dag.add_task(describe, inputs={"value": tup.output})
+    big = dag.add_task(big_result, inputs={"n": 20000})
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, tup) == (1, "two", 3.0)
+    assert engine.result(run_id, seen) == {"type": "tuple", "value": [1, "two", 3.0]}
+    assert engine.result(run_id, big)["items"][-1] == 19999
+    done = {e.data["task_id"]: e.data for e in events_of(engine, run_id) if e.type == ev.TASK_SUCCEEDED}
+    assert done[tup]["result_ref"]["encoding"] == "pickle"
+    assert done[big]["result_ref"]["encoding"] == "json"
+    assert done[big]["result_ref"]["size"] > config.engine.inline_result_limit
+    assert done[seen]["result"] == {"type": "tuple", "value": [1, "two", 3.0]}
+
+
+def test_unpicklable_result_fails_clearly(engine):
+    dag = DAG("unpicklable")
+    t = dag.add_task(unpicklable)
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "failed"
+    failed = next(e for e in events_of(engine, run_id) if e.type == ev.TASK_FAILED)
+    assert failed.data["task_id"] == t
+    assert "neither JSON nor picklable" in failed.data["error"]
+
+
+def test_missing_output_key_fails_the_consumer_with_a_clear_error(engine):
+    dag = DAG("missing-key")
+    a = dag.add_task(add, inputs={"a": 1, "b": 1})
+    b = dag.add_task(double, inputs={"x": f"{a}.output.nope"})
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "failed"
+    failed = next(e for e in events_of(engine, run_id) if e.type == ev.TASK_FAILED)
+    assert failed.data["task_id"] == b and "nope" in failed.data["error"] and "sum" in failed.data["error"]
+
+
+def test_many_runs_at_once(engine):
+    run_ids = []
+    for i in range(20):
+        dag = DAG(f"many-{i}")
+        src = dag.add_task(add, inputs={"a": i, "b": 1})
+        mids = [dag.add_task(double, inputs={"x": src.output.sum}) for _ in range(3)]
+        dag.add_task(collect, inputs={"values": [m.output.value for m in mids]})
+        run_ids.append(engine.submit(dag))
+    for i, run_id in enumerate(run_ids):
+        assert engine.wait(run_id, timeout=30)["status"] == "succeeded"
+        assert engine.result(run_id, "t5") == {"total": 6 * (i + 1), "n": 3}
+    assert engine.store.count_runs(status="succeeded") == 20
+
+
+def test_invalid_dag_records_nothing(engine):
+    dag = DAG("bad")
+    dag.add_task(add, inputs={"a": 1, "b": 2})
+    dag.add_task(double, inputs={"x": 1}, resources={"cpu": 64})
+    with pytest.raises(DAGValidationError) as info:
+        engine.submit(dag)
+    assert "t2" in str(info.value) and "CPU" in str(info.value)
+    assert engine.store.count_runs() == 0
+
+
+def test_gpu_task_rejected_by_local_executor(engine):
+    dag = DAG("gpu")
+    dag.add_task(double, inputs={"x": 1}, resources={"gpu": 1})
+    with pytest.raises(DAGValidationError, match="GPU"):
+        engine.submit(dag)
+
+
+def test_resume_after_engine_stops_midway_does_not_rerun_finished_tasks(config):
+    registry = ToolRegistry()
+    gates["r1"] = threading.Event()
+    calls["add"] = calls["gate:r1"] = 0
+    first = Engine.from_config(config, registry=registry)
+    first.start()
+    dag = DAG("resume")
+    a = dag.add_task(add, inputs={"a": 2, "b": 3})
+    b = dag.add_task(wait_gate, inputs={"name": "r1"})
+    c = dag.add_task(collect, inputs={"values": [a.output.sum, 5]})
+    d = dag.add_task(collect, inputs={"values": [c.output.total, b.output.n]})
+    run_id = first.submit(dag)
+    _wait_for(lambda: calls["gate:r1"] == 1 and first.store.get_run(run_id)["task_counts"].get("succeeded") == 2)
+    first.stop(wait=False)          # the process "dies": b is still running, d never started
+    assert first.store.get_run(run_id)["status"] == "running"
+    gates["r1"].set()
+
+    second = Engine.from_config(config, registry=registry)
+    resumed = second.start()
+    try:
+        assert resumed == [run_id]
+        assert second.wait(run_id, timeout=20)["status"] == "succeeded"
+        assert second.result(run_id, d) == {"total": 11, "n": 2}
+    finally:
+        second.stop()
+    assert calls["add"] == 1                      # a was not re-run
+    assert calls["gate:r1"] == 2                  # b was running: dispatched again
+    resumed_event = next(e for e in events_of(second, run_id) if e.type == ev.RUN_RESUMED)
+    assert resumed_event.data["requeued"] == [b]
+    assert [e.data["attempt"] for e in events_of(second, run_id)
+            if e.type == ev.TASK_QUEUED and e.data["task_id"] == b] == [1, 1]
+    assert verify_chain(second.store).ok and replay_check(second.store) == []
+
+
+def test_every_event_matches_its_model(engine):
+    from maze_core.demo import build_demo_dag
+    run_id = engine.submit(build_demo_dag(key="models"))
+    assert engine.wait(run_id, timeout=30)["status"] == "succeeded"
+    for event in events_of(engine, run_id):
+        ev.validate_event(event.type, event.data)
+    assert "TaskRetrying" in types_of(engine, run_id)
+    summary = engine.result(run_id, "t10")["summary"]
+    assert summary.startswith("6 documents")
+
+
+def test_tool_registrations_are_events_and_sync_is_idempotent(config):
+    registry = ToolRegistry()
+    registry.register_task(add)
+    eng = Engine.from_config(config, registry=registry)
+    eng.start()
+    try:
+        registry.register_task(double)
+        registry.unregister("double")
+        tool_events = [e for e in eng.store.read_all() if e.stream.startswith("tool:")]
+        assert [(e.stream, e.type) for e in tool_events] == [
+            ("tool:add", "ToolRegistered"), ("tool:double", "ToolRegistered"), ("tool:double", "ToolRemoved")]
+        before = eng.store.last_seq()
+        eng.sync_tools()
+        assert eng.store.last_seq() == before
+        assert {t["name"]: t["status"] for t in eng.store.list_tools(include_removed=True)} == {
+            "add": "active", "double": "removed"}
+    finally:
+        eng.stop()
+
+
+def test_on_event_observers_receive_committed_events(config):
+    from maze_core import hookimpl
+    from maze_core.plugins import load_plugins
+
+    seen: list[str] = []
+    got_end = threading.Event()
+
+    class Observer:
+        @hookimpl
+        def on_event(self, event):
+            seen.append(event.type)
+            if event.type == ev.RUN_SUCCEEDED:
+                got_end.set()
+
+    pm = load_plugins()
+    pm.register(Observer(), name="test-observer")
+    try:
+        eng = Engine.from_config(config, registry=ToolRegistry())
+        eng.start()
+        dag = DAG("observed")
+        dag.add_task(add, inputs={"a": 1, "b": 1})
+        eng.wait(eng.submit(dag), timeout=20)
+        assert got_end.wait(5)
+        eng.stop()
+    finally:
+        pm.unregister(name="test-observer")
+    assert seen[:1] == ["RunSubmitted"] and seen[-1] == "RunSucceeded"
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
