@@ -243,6 +243,9 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
     finally:
         engine.stop()
     _print_run(engine.store, run_id, as_json)
+    if not as_json and run["status"] == "succeeded":
+        for sink in dag.sinks():
+            click.echo(f"{sink} -> {json.dumps(engine.result(run_id, sink), default=repr, ensure_ascii=False)}")
     if run["status"] != "succeeded":
         sys.exit(1)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -135,7 +135,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
                     raise ConfigError(f"environment variable {var}: [{section}] has no key {key!r}; "
                                       f"known: {', '.join(model.model_fields)}")
                 value: Any = raw
-                if field.annotation is list[str]:
+                if get_origin(field.annotation) is list:
                     value = [p for p in raw.split(os.pathsep) if p]
                 out.setdefault(section, {})[key] = value
                 break
@@ -173,11 +173,15 @@ def load_config(path: str | os.PathLike[str] | None = None,
         for section in _SECTIONS:
             if section in data and not isinstance(data[section], dict):
                 raise ConfigError(f"{p}: [{section}] must be a table, got {data[section]!r}")
-    for section, values in _env_overrides(environ).items():
+    overrides = _env_overrides(environ)
+    for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     try:
         cfg = MazeConfig.model_validate(data)
     except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        if len(loc) > 1 and loc[1] in overrides.get(str(loc[0]), {}):
+            origin = f"environment variable MAZE_{str(loc[0]).upper()}_{str(loc[1]).upper()}"
         raise ConfigError(_describe(exc, origin)) from None
     cfg.source = str(Path(path).resolve()) if path is not None else None
     return cfg

@@ -47,4 +47,6 @@ def ensure_logging(level: str = "INFO", fmt: str = "auto") -> None:
 
 
 def get_logger(name: str, **bound):
-    return structlog.get_logger(name).bind(**bound)
+    """A lazy structlog logger: configuration applied later (``setup_logging``) still takes effect,
+    so modules can create loggers at import time."""
+    return structlog.get_logger(name, **bound)

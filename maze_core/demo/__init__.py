@@ -36,7 +36,7 @@ def load_corpus(limit: int = 6) -> dict:
 def analyze(text: str, index: int) -> dict:
     words = re.findall(r"[a-zA-Z]+", text.lower())
     return {"index": index, "words": len(words), "chars": len(text),
-            "top": Counter(w for w in words if len(w) > 3).most_common(3)}
+            "top": [word for word, _ in Counter(w for w in words if len(w) > 3).most_common(3)]}
 
 
 @task(name="demo_enrich", description="A flaky enrichment step: fails once, then succeeds",
