@@ -342,25 +342,19 @@ class Engine:
             offset += 500
 
     def _registered_tool(self, name: str) -> Any:
-        get = getattr(self.registry, "get", None)
-        if get is None:
-            return None
-        try:
-            return get(name)
-        except (KeyError, NotFoundError):
-            return None
+        return self.registry.get(name) if name in self.registry else None
 
     def _registry_entries(self) -> list[Any]:
         return [self.registry.get(name) for name in self.registry.names()]
 
     def _capacity_check(self, task_id: str, resources: dict[str, Any]) -> str | None:
         reason = self.executor.check(resources)
-        return None if reason is None else f"task {task_id}: {reason} (executor {self.executor.name!r})"
+        return None if reason is None else f"{reason} (executor {self.executor.name!r})"
 
     def _tool_event(self, change: str, entry: Any) -> NewEvent:
         if change == "removed":
             return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REMOVED,
-                            {"name": entry.name, "reason": "unregistered"}, self.actor)
+                            {"name": entry.name, "reason": entry.reason or "unregistered"}, self.actor)
         return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REGISTERED, {
             "name": entry.name, "version": str(entry.version), "source": entry.source,
             "meta": json.loads(canonical_json(entry.meta.to_dict())), "digest": entry.digest}, self.actor)
