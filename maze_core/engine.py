@@ -43,6 +43,7 @@ from .store import EventStore, blob_hash
 log = get_logger("maze.engine")
 
 RUN_FINISHED = ("succeeded", "failed", "cancelled")
+STARTED_FLUSH_DELAY = 0.005  # seconds a batch of only TaskStarted events may wait for company
 
 
 class EngineError(MazeError):
@@ -106,6 +107,8 @@ class Engine:
         self._timer_seq = itertools.count()
         self._batch: list[tuple[RunState | None, NewEvent]] = []
         self._batch_streams: set[str] = set()
+        self._urgent = False                          # the batch holds more than TaskStarted events
+        self._flush_at: float | None = None
         self._blobs: dict[str, bytes] = {}
         self._touched: dict[str, RunState] = {}
         self._to_submit: list[Invocation] = []
@@ -383,7 +386,7 @@ class Engine:
                 if not stop:
                     self._dispatch()
                 self._finish_runs()
-                self._commit()
+                self._commit(force=stop)
                 if stop:
                     return
         except BaseException as exc:  # persisting failed: nothing may run on an unrecorded state
@@ -397,8 +400,9 @@ class Engine:
 
     def _take(self) -> list[tuple]:
         timeout = None
-        if self._timers:
-            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        wake = [t for t in (self._timers[0][0] if self._timers else None, self._flush_at) if t is not None]
+        if wake:
+            timeout = max(0.0, min(wake) - time.monotonic())
         try:
             msgs = [self._inbox.get(timeout=timeout)]
         except queue.Empty:
@@ -453,6 +457,8 @@ class Engine:
             new.expected_version = state.version
             self._batch_streams.add(stream)
         self._batch.append((state, new))
+        if type_ != ev.TASK_STARTED:
+            self._urgent = True
         self._touched[state.run_id] = state
         for task_id in state.apply(type_, data):
             self._make_ready(state, task_id)
@@ -462,7 +468,17 @@ class Engine:
         self.scheduler.add(ReadyTask(state.run_id, task_id, spec["func_name"], spec["resources"],
                                      state.order, time.monotonic()))
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = False) -> None:
+        if self._batch and not (force or self._urgent or self._replies or self._to_submit):
+            # only TaskStarted events: nothing waits on them, so hold them briefly to share a
+            # transaction with the task's end or the next dispatch (one commit per task, not two)
+            now = time.monotonic()
+            if self._flush_at is None:
+                self._flush_at = now + STARTED_FLUSH_DELAY
+            if now < self._flush_at:
+                return
+        self._flush_at = None
+        self._urgent = False
         if self._batch:
             committed = self._append()
             for (state, _), event in zip(self._batch, committed, strict=True):

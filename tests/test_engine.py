@@ -383,3 +383,23 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
+
+
+@task
+def chatty(word: str) -> dict:
+    import structlog
+    structlog.get_logger("user.task").warning("inside the task", word=word)
+    return {"word": word}
+
+
+def test_task_logs_are_bound_to_run_and_task_ids(engine):
+    import structlog
+    dag = DAG("logs")
+    t = dag.add_task(chatty, inputs={"word": "hi"})
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        run_id = engine.submit(dag)
+        engine.wait(run_id, timeout=20)
+    inside = [entry for entry in logs if entry["event"] == "inside the task"]
+    assert inside and inside[0]["run_id"] == run_id and inside[0]["task_id"] == t
+    submitted = [entry for entry in logs if entry["event"] == "run submitted"]
+    assert submitted and submitted[0]["run_id"] == run_id

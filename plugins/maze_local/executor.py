@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import structlog
 
 from maze_core.executor import Executor, Invocation, Report, TaskUpdate
 from maze_core.resources import IO_CPU_SHARE
@@ -146,7 +147,9 @@ class LocalExecutor(Executor):
             "thread": threading.current_thread().name})
         start = time.perf_counter()
         try:
-            value = inv.func(**inv.kwargs)
+            # logs a task writes through structlog carry its run and task ids
+            with structlog.contextvars.bound_contextvars(run_id=inv.run_id, task_id=inv.task_id):
+                value = inv.func(**inv.kwargs)
         except BaseException as exc:  # report every failure, even SystemExit from a task
             self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}",
                          tb=traceback.format_exc(), duration=time.perf_counter() - start)
