@@ -17,25 +17,35 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 GENESIS_HASH = "0" * 64
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
-    """Serialise ``value`` to canonical JSON: sorted keys, no spaces, UTF-8 kept, NaN refused."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Canonical JSON: sorted keys, no spaces, UTF-8 kept, NaN refused. For digests, where two
+    equal values must give the same text whatever their key order."""
+    return _CANONICAL.encode(value)
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON keeping key order (no spaces, UTF-8 kept, NaN refused): how event payloads are
+    stored. Key order carries meaning (the tasks of a RunSubmitted are in submission order), and
+    ``json.loads`` keeps it, so re-encoding a stored payload gives back the stored text."""
+    return _COMPACT.encode(value)
 
 
 def chain_hash(prev_hash: str, seq: int, stream: str, version: int, type_: str, ts: float, actor: str,
                data_json: str) -> str:
-    """Hash of one event, chained to the previous one. ``data_json`` is the stored canonical text."""
-    h = hashlib.sha256()
-    h.update(f"{prev_hash}|{seq}|{stream}|{version}|{type_}|{ts!r}|{actor}|".encode())
-    h.update(data_json.encode())
-    return h.hexdigest()
+    """Hash of one event, chained to the previous one. ``data_json`` is the stored payload text."""
+    return hashlib.sha256(
+        f"{prev_hash}|{seq}|{stream}|{version}|{type_}|{ts!r}|{actor}|{data_json}".encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -50,9 +60,8 @@ class NewEvent:
     expected_version: int | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
-    """An event as stored in the log."""
+class Event(NamedTuple):
+    """An event as stored in the log (immutable; a NamedTuple because appends build many)."""
 
     seq: int
     stream: str
@@ -68,8 +77,7 @@ class Event:
         return self.stream[4:] if self.stream.startswith("run:") else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "stream": self.stream, "version": self.version, "type": self.type,
-                "ts": self.ts, "actor": self.actor, "data": self.data, "hash": self.hash}
+        return self._asdict()
 
 
 def run_stream(run_id: str) -> str:

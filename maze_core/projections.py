@@ -1,7 +1,8 @@
 """Projections: read-optimised tables derived from the event log by a pure function.
 
 ``project(event)`` returns the row changes one event implies, as ``(table, key, values)`` upserts
-(insert the row if missing, else set the given columns). Stores apply them in the same transaction
+(insert the row if missing, else set the given columns); ``key`` is the tuple of the table's key
+columns, in ``TABLES`` order. Stores apply them in the same transaction
 as the events; ``fold`` applies them in memory, which is how ``maze events replay`` proves the stored
 tables equal what the log alone implies. Keeping this logic in the core means every store plugin
 projects identically.
@@ -23,7 +24,7 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tools": (("name",), ("version", "source", "description", "status", "digest", "updated_at")),
 }
 
-Upsert = tuple[str, dict[str, Any], dict[str, Any]]
+Upsert = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 _TASK_STATUS = {
     ev.TASK_QUEUED: "queued",
@@ -49,7 +50,7 @@ def project(event: ev.Event) -> list[Upsert]:
             if t == ev.TASK_QUEUED:
                 values.update(queued_at=ts, started_at=None, finished_at=None, error=None)
             elif t == ev.TASK_STARTED:
-                values.update(started_at=ts, worker=ev.canonical_json(d.get("worker") or {}))
+                values.update(started_at=ts, worker=ev.compact_json(d.get("worker") or {}))
             elif t == ev.TASK_RETRYING:
                 values["error"] = d.get("error")
             elif t in ev.TASK_TERMINAL_EVENTS:
@@ -60,34 +61,33 @@ def project(event: ev.Event) -> list[Upsert]:
                     values["error"] = d.get("error")
                 elif t in (ev.TASK_CANCELLED, ev.TASK_SKIPPED):
                     values["error"] = d.get("reason")
-            return [("tasks", {"run_id": run_id, "task_id": d["task_id"]}, values),
-                    ("runs", {"run_id": run_id}, {"updated_at": ts})]
+            return [("tasks", (run_id, d["task_id"]), values)]
         if t == ev.RUN_SUBMITTED:
             tasks = d.get("tasks", {})
-            out: list[Upsert] = [("runs", {"run_id": run_id}, {
+            out: list[Upsert] = [("runs", (run_id,), {
                 "name": d.get("name", ""), "status": "running", "owner": event.actor, "created_at": ts,
                 "updated_at": ts, "finished_at": None, "tasks_total": len(tasks), "error": None})]
             for task_id, spec in tasks.items():
-                out.append(("tasks", {"run_id": run_id, "task_id": task_id}, {
+                out.append(("tasks", (run_id, task_id), {
                     "func_name": spec.get("func_name"), "task_name": spec.get("task_name"),
                     "status": "pending", "attempt": 0}))
             return out
         if t == ev.RUN_RESUMED:
-            return [("runs", {"run_id": run_id}, {"status": "running", "updated_at": ts})]
+            return [("runs", (run_id,), {"status": "running", "updated_at": ts})]
         if t in _RUN_END:
-            return [("runs", {"run_id": run_id}, {"status": _RUN_END[t], "updated_at": ts,
+            return [("runs", (run_id,), {"status": _RUN_END[t], "updated_at": ts,
                                                   "finished_at": ts, "error": d.get("error")})]
         return []
     if event.stream.startswith("tool:"):
         name = event.stream[5:]
         if t == ev.TOOL_REGISTERED:
             meta = d.get("meta", {})
-            return [("tools", {"name": name}, {
+            return [("tools", (name,), {
                 "version": d.get("version"), "source": d.get("source"),
                 "description": meta.get("description", ""), "status": "active",
                 "digest": d.get("digest"), "updated_at": ts})]
         if t == ev.TOOL_REMOVED:
-            return [("tools", {"name": name}, {"status": "removed", "updated_at": ts})]
+            return [("tools", (name,), {"status": "removed", "updated_at": ts})]
     return []
 
 
@@ -97,11 +97,11 @@ def coalesce(upserts: Iterable[Upsert]) -> list[Upsert]:
     A batch often holds TaskQueued, TaskStarted and TaskSucceeded of one task: one write, not three."""
     merged: dict[tuple[str, tuple], Upsert] = {}
     for table, key, values in upserts:
-        k = (table, tuple(key.values()))
-        if k in merged:
-            merged[k][2].update(values)
+        found = merged.get((table, key))
+        if found is None:
+            merged[(table, key)] = (table, key, dict(values))
         else:
-            merged[k] = (table, key, dict(values))
+            found[2].update(values)
     return list(merged.values())
 
 
@@ -112,12 +112,11 @@ def fold(events: Iterable[ev.Event]) -> dict[str, dict[tuple, dict[str, Any]]]:
     tables: dict[str, dict[tuple, dict[str, Any]]] = {name: {} for name in TABLES}
     for event in events:
         for table, key, values in project(event):
-            keys, cols = TABLES[table]
-            k = tuple(key[c] for c in keys)
-            row = tables[table].get(k)
+            row = tables[table].get(key)
             if row is None:
-                row = {c: None for c in keys + cols}
-                row.update(key)
-                tables[table][k] = row
+                keys, cols = TABLES[table]
+                row = dict.fromkeys(cols)
+                row.update(zip(keys, key, strict=True))
+                tables[table][key] = row
             row.update(values)
     return tables

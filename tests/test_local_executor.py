@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from maze_local import LocalExecutor
 
 from maze_core.resources import normalize
 from maze_core.testing.executor_contract import ExecutorContract
-from maze_local import LocalExecutor
 
 
 class TestLocalThreads(ExecutorContract):
