@@ -239,9 +239,14 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
             if not as_json:
                 click.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)", err=True)
             bar.track(run_id, name or dag.name, len(dag.tasks))
-            run = engine.wait(run_id)
+            try:
+                run = engine.wait(run_id)
+            except KeyboardInterrupt:
+                click.echo(f"\ninterrupted: run {run_id} stays unfinished in the log; "
+                           f"`maze resume {run_id}` finishes it", err=True)
+                sys.exit(130)
     finally:
-        engine.stop()
+        engine.stop(wait=False)
     _print_run(engine.store, run_id, as_json)
     if not as_json and run["status"] == "succeeded":
         for sink in dag.sinks():

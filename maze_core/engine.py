@@ -113,7 +113,6 @@ class Engine:
         self._touched: dict[str, RunState] = {}
         self._to_submit: list[Invocation] = []
         self._replies: list[tuple[_Reply, Any]] = []
-        self._ended: dict[str, str] = {}
         self._cond = threading.Condition()
         self._subscribers: list[Callable[[list[ev.Event]], None]] = []
         self._thread: threading.Thread | None = None
@@ -285,7 +284,7 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                if run_id in self._ended or run_id not in self._runs:
+                if run_id not in self._runs:  # finished (or never ours): the store knows
                     row = self.store.get_run(run_id)
                     if row is None:
                         raise NotFoundError(f"run {run_id!r} does not exist")
@@ -526,10 +525,12 @@ class Engine:
         self._to_submit = keep
         replies = []
         for reply, value in self._replies:
-            if value == run_id or (isinstance(value, list) and run_id in value):
+            if value == run_id:  # a submission (cannot happen: new ids) or a cancel of this run
                 reply.set(error=RunStateError(f"run {run_id} is being driven by another process"))
-            else:
-                replies.append((reply, value))
+                continue
+            if isinstance(value, list) and run_id in value:  # resume: report the others
+                value = [v for v in value if v != run_id]
+            replies.append((reply, value))
         self._replies = replies
 
     def _notify(self, committed: list[ev.Event]) -> None:
@@ -540,7 +541,6 @@ class Engine:
             self.scheduler.observe(event)
             if event.type in ev.RUN_TERMINAL:
                 run_id = event.stream[4:]
-                self._ended[run_id] = event.data.get("status", "")
                 self._runs.pop(run_id, None)
                 self._live.pop(run_id, None)
                 ended = True

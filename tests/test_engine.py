@@ -403,3 +403,31 @@ def test_task_logs_are_bound_to_run_and_task_ids(engine):
     assert inside and inside[0]["run_id"] == run_id and inside[0]["task_id"] == t
     submitted = [entry for entry in logs if entry["event"] == "run submitted"]
     assert submitted and submitted[0]["run_id"] == run_id
+
+
+def test_a_run_moved_by_another_writer_is_dropped_not_corrupted(config):
+    registry = ToolRegistry()
+    gates["w1"] = threading.Event()
+    calls["gate:w1"] = 0
+    eng = Engine.from_config(config, registry=registry)
+    eng.start()
+    try:
+        dag = DAG("contended")
+        dag.add_task(wait_gate, inputs={"name": "w1"})
+        run_id = eng.submit(dag)
+        _wait_for(lambda: calls["gate:w1"] == 1)
+        # another process takes the run over and ends it
+        eng.store.append([ev.NewEvent(ev.run_stream(run_id), ev.RUN_CANCELLED,
+                                      {"status": "cancelled", "error": "taken over", "failed_tasks": []},
+                                      actor="other")])
+        gates["w1"].set()
+        _wait_for(lambda: run_id not in eng._runs)
+        # this engine dropped the run without writing into its stream, and keeps working
+        assert [e.type for e in events_of(eng, run_id)][-1] == ev.RUN_CANCELLED
+        assert eng.store.get_run(run_id)["status"] == "cancelled"
+        other = DAG("after")
+        other.add_task(add, inputs={"a": 1, "b": 1})
+        assert eng.wait(eng.submit(other), timeout=20)["status"] == "succeeded"
+        assert verify_chain(eng.store).ok
+    finally:
+        eng.stop()
