@@ -31,8 +31,9 @@ def _fail_usage(message: str) -> UsageFailure:
 
 
 class _Ctx:
-    def __init__(self, config_path: str | None):
+    def __init__(self, config_path: str | None, verbose: bool = False):
         self.config_path = config_path
+        self.verbose = verbose
         self._config = None
 
     @property
@@ -44,7 +45,10 @@ class _Ctx:
             except ConfigError as exc:
                 raise _fail_usage(str(exc)) from None
             from .logging import ensure_logging
-            ensure_logging(self._config.logging.level, self._config.logging.format)
+            level = self._config.logging.level
+            if not self.verbose and level in ("DEBUG", "INFO"):
+                level = "WARNING"  # the command prints what happens; -v shows the engine's log too
+            ensure_logging(level, self._config.logging.format)
         return self._config
 
     def store(self):
@@ -72,10 +76,11 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 @click.version_option(__version__, prog_name="maze")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="MAZE_CONFIG",
               help="Path to config.toml (default: ./config.toml, else built-in defaults).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the engine's log ([logging] level) on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Maze: run workflows of Python functions, recorded as events."""
-    ctx.obj = _Ctx(config_path)
+    ctx.obj = _Ctx(config_path, verbose)
 
 
 # ---------------------------------------------------------------------------- progress

@@ -284,6 +284,8 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
+                if self._failure is not None:
+                    raise EngineError(f"the engine stopped after an error: {self._failure}")
                 if run_id not in self._runs:  # finished (or never ours): the store knows
                     row = self.store.get_run(run_id)
                     if row is None:

@@ -33,11 +33,32 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=_SafePrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=_LEVELS[level], stream=stream,
                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", force=False)
+
+
+class _SafePrintLogger(structlog.PrintLogger):
+    """A print logger that never raises: a closed or broken log stream (``maze ... | head``) must
+    not take the engine down with it."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):
+            pass
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+class _SafePrintLoggerFactory:
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def __call__(self, *args) -> _SafePrintLogger:
+        return _SafePrintLogger(self._stream)
 
 
 def ensure_logging(level: str = "INFO", fmt: str = "auto") -> None:

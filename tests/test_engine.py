@@ -431,3 +431,49 @@ def test_a_run_moved_by_another_writer_is_dropped_not_corrupted(config):
         assert verify_chain(eng.store).ok
     finally:
         eng.stop()
+
+
+def test_store_failure_stops_the_engine_and_waiters_hear_of_it(config):
+    from maze_core.engine import EngineError
+    eng = Engine.from_config(config, registry=ToolRegistry())
+    eng.start()
+    real_append = eng.store.append
+    gates["f1"] = threading.Event()
+    try:
+        dag = DAG("doomed")
+        a = dag.add_task(wait_gate, inputs={"name": "f1"})
+        dag.add_task(double, inputs={"x": a.output.n})
+        run_id = eng.submit(dag)
+
+        def broken_append(events, blobs=None):
+            raise OSError("disk full")
+
+        eng.store.append = broken_append
+        gates["f1"].set()
+        with pytest.raises(EngineError, match="disk full"):
+            eng.wait(run_id, timeout=10)
+        with pytest.raises(EngineError, match="disk full"):
+            eng.submit(dag)
+    finally:
+        eng.store.append = real_append
+        eng.stop()
+    # nothing after the failure was recorded: the run is resumable
+    assert eng.store.get_run(run_id)["status"] == "running"
+
+
+def test_a_broken_log_stream_does_not_stop_the_engine(config):
+    import io
+
+    from maze_core.logging import setup_logging
+    closed = io.StringIO()
+    closed.close()
+    setup_logging("INFO", "json", stream=closed)
+    try:
+        eng = Engine.from_config(config, registry=ToolRegistry())
+        eng.start()
+        dag = DAG("quiet")
+        dag.add_task(boom, inputs={"x": 1})      # logs a warning on the way
+        assert eng.wait(eng.submit(dag), timeout=20)["status"] == "failed"
+        eng.stop()
+    finally:
+        setup_logging("WARNING", "json")
