@@ -109,15 +109,41 @@ class ExecutorContract:
         assert end.error.startswith("ValueError") and "bad input 42" in end.error
         assert end.traceback and "_boom" in end.traceback
 
-    def test_capacity_is_honoured_and_released(self, started):
+    def test_admission_is_bounded_and_released(self, started):
         executor, collector = started
         total = executor.capacity()["cpu"]
-        big = normalize({"cpu": total})
-        assert executor.try_reserve(big)
-        assert not executor.try_reserve(normalize({"cpu": 1})), "a full executor must refuse work"
-        executor.release(big)
-        assert executor.try_reserve(normalize({"cpu": 1}))
-        executor.release(normalize({"cpu": 1}))
+        admitted = []
+        for _ in range(100000):
+            one = normalize({"cpu": 1})
+            if not executor.try_reserve(one):
+                break
+            admitted.append(one)
+        else:
+            raise AssertionError("try_reserve never refuses: admission must be bounded")
+        assert len(admitted) >= int(total), "an idle executor must admit a task per CPU"
+        for one in admitted:
+            executor.release(one)
+        whole = normalize({"cpu": total})
+        assert executor.try_reserve(whole), "released reservations must be available again"
+        executor.release(whole)
+
+    def test_never_runs_more_than_capacity_at_once(self, started):
+        executor, collector = started
+        slots = int(executor.capacity()["cpu"])
+        ids = []
+        for i in range(4 * slots):
+            inv = _invocation(f"cap{i}", _interval, {"seconds": 0.2})
+            if not executor.try_reserve(inv.resources):
+                break
+            executor.submit(inv)
+            ids.append(inv.task_id)
+        spans = [collector.until_end(tid)[-1].value for tid in ids]
+        points = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+        running = peak = 0
+        for _, step in points:
+            running += step
+            peak = max(peak, running)
+        assert peak <= slots, f"{peak} tasks ran at once on {slots} CPUs"
 
     def test_capacity_released_before_end_report(self, started):
         executor, collector = started

@@ -1,5 +1,13 @@
 """A thread- or process-pool executor honouring each task's CPU, memory and GPU count.
 
+Admission and running are two steps. ``try_reserve`` admits a task if the executor can take it: in
+thread mode up to one extra CPU's worth of tasks per CPU is admitted beyond what can run, and waits
+in the executor's own short FIFO backlog. ``submit`` starts a task at once if the CPUs, memory and
+GPUs it needs are free, else queues it; a worker thread that finishes a task starts the next one
+from the backlog itself, without a round trip through the engine. At no moment do running tasks
+hold more than the capacity. The backlog is what keeps both cores busy with tiny tasks: the engine
+commits the next tasks while the current ones run.
+
 Thread mode (the default) has the lowest overhead and suits I/O-bound and GIL-releasing work; a
 running task cannot be killed, so cancel and timeout release its capacity and discard its result,
 while the thread finishes on its own. Process mode runs each body in a pool of worker processes
@@ -13,6 +21,7 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +39,25 @@ _EPS = 1e-9
 class _Job:
     inv: Invocation
     future: Future | None = None
-    done: bool = False  # capacity released (finished or cancelled)
+    running: bool = False  # holds running capacity
+    done: bool = False     # capacity released (finished or cancelled)
 
 
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, cpus: float | None = None, mem: int = 0, gpus: int = 0, mode: str = "thread"):
+    def __init__(self, cpus: float | None = None, mem: int = 0, gpus: int = 0, mode: str = "thread",
+                 prefetch: float | None = None):
         self._cpus = float(cpus or os.cpu_count() or 1)
         self._mem, self._gpus, self.mode = int(mem), int(gpus), mode
+        if prefetch is None:
+            prefetch = 1.0 if mode == "thread" else 0.0
+        # what may be admitted (running + backlog) and what may run
+        self._admit = {"cpu": self._cpus * (1 + prefetch), "mem": self._mem, "gpu": float(self._gpus)}
         self._free = {"cpu": self._cpus, "mem": self._mem, "gpu": float(self._gpus)}
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], _Job] = {}
+        self._backlog: deque[_Job] = deque()
         self._report: Report | None = None
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor | None = None
 
@@ -86,37 +102,31 @@ class LocalExecutor(Executor):
         return None
 
     def try_reserve(self, resources: dict[str, Any]) -> bool:
-        cpu, mem, gpu = resources["cpu"], resources["mem"] if self._mem else 0, resources["gpu"]
         with self._lock:
-            free = self._free
-            if cpu > free["cpu"] + _EPS or mem > free["mem"] or gpu > free["gpu"] + _EPS:
-                return False
-            free["cpu"] -= cpu
-            free["mem"] -= mem
-            free["gpu"] -= gpu
-            return True
+            return _take(self._admit, resources, self._mem)
 
     def release(self, resources: dict[str, Any]) -> None:
         with self._lock:
-            self._release_locked(resources)
-
-    def _release_locked(self, resources: dict[str, Any]) -> None:
-        self._free["cpu"] = min(self._cpus, self._free["cpu"] + resources["cpu"])
-        if self._mem:
-            self._free["mem"] = min(self._mem, self._free["mem"] + resources["mem"])
-        self._free["gpu"] = min(float(self._gpus), self._free["gpu"] + resources["gpu"])
+            _give(self._admit, resources, self._mem)
 
     # ------------------------------------------------------------------ work
     def submit(self, invocation: Invocation) -> None:
         if self._pool is None:
             raise RuntimeError("the local executor is not started")
         job = _Job(invocation)
-        key = (invocation.run_id, invocation.task_id)
         with self._lock:
-            self._jobs[key] = job
+            self._jobs[(invocation.run_id, invocation.task_id)] = job
+            if self._backlog or not _take(self._free, invocation.resources, self._mem):
+                self._backlog.append(job)   # starts when a running task frees capacity
+                return
+            job.running = True
+        self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        inv = job.inv
         if self.mode == "process":
-            payload = cloudpickle.dumps((invocation.func, invocation.kwargs))
-            self._emit(invocation, "started", worker={"executor": "local", "mode": "process"})
+            payload = cloudpickle.dumps((inv.func, inv.kwargs))
+            self._emit(inv, "started", worker={"executor": "local", "mode": "process"})
             job.future = self._pool.submit(_call_pickled, payload)
             job.future.add_done_callback(lambda fut, job=job: self._process_done(job, fut))
         else:
@@ -127,21 +137,45 @@ class LocalExecutor(Executor):
             job = self._jobs.pop((run_id, task_id), None)
             if job is None or job.done:
                 return
-            job.done = True
-            self._release_locked(job.inv.resources)
+            follow = self._settle_locked(job)
         if job.future is not None:
             job.future.cancel()
+        for nxt in follow:
+            self._start(nxt)
+
+    def _settle_locked(self, job: _Job) -> list[_Job]:
+        """Release what ``job`` holds; return backlog jobs that can start now (caller starts them)."""
+        job.done = True
+        res = job.inv.resources
+        _give(self._admit, res, self._mem)
+        if not job.running:
+            self._backlog.remove(job)
+            return []
+        _give(self._free, res, self._mem)
+        ready = []
+        while self._backlog and _take(self._free, self._backlog[0].inv.resources, self._mem):
+            nxt = self._backlog.popleft()
+            nxt.running = True
+            ready.append(nxt)
+        return ready
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
-            running = [{"run_id": r, "task_id": t} for (r, t), j in self._jobs.items() if not j.done]
+            running = [{"run_id": r, "task_id": t} for (r, t), j in self._jobs.items() if j.running]
+            queued = [{"run_id": j.inv.run_id, "task_id": j.inv.task_id} for j in self._backlog]
             free = dict(self._free)
         return {"executor": self.name, "mode": self.mode, "nodes": [{
-            "node_id": "local", "capacity": self.capacity(), "available": free, "running": running}]}
+            "node_id": "local", "capacity": self.capacity(), "available": free, "running": running,
+            "queued": queued}]}
 
-    def _run_thread(self, job: _Job) -> None:
+    def _run_thread(self, job: _Job | None) -> None:
+        # a worker that finishes a task goes on with the next one the backlog can start
+        while job is not None:
+            job = self._run_one(job)
+
+    def _run_one(self, job: _Job) -> _Job | None:
         if job.done:  # cancelled while waiting for a thread
-            return
+            return None
         inv = self._emit(job.inv, "started", worker={
             "executor": "local", "mode": "thread", "pid": os.getpid(),
             "thread": threading.current_thread().name})
@@ -151,10 +185,13 @@ class LocalExecutor(Executor):
             with structlog.contextvars.bound_contextvars(run_id=inv.run_id, task_id=inv.task_id):
                 value = inv.func(**inv.kwargs)
         except BaseException as exc:  # report every failure, even SystemExit from a task
-            self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}",
-                         tb=traceback.format_exc(), duration=time.perf_counter() - start)
-            return
-        self._finish(job, "succeeded", value=value, duration=time.perf_counter() - start)
+            follow = self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}",
+                                  tb=traceback.format_exc(), duration=time.perf_counter() - start)
+        else:
+            follow = self._finish(job, "succeeded", value=value, duration=time.perf_counter() - start)
+        for extra in follow[1:]:
+            self._start(extra)
+        return follow[0] if follow else None
 
     def _process_done(self, job: _Job, fut: Future) -> None:
         if fut.cancelled():
@@ -162,30 +199,52 @@ class LocalExecutor(Executor):
         try:
             ok, payload, duration = fut.result()
         except BaseException as exc:  # the worker process died or the pool broke
-            self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}",
-                         tb=traceback.format_exc(), duration=None)
+            for nxt in self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}",
+                                    tb=traceback.format_exc(), duration=None):
+                self._start(nxt)
             return
         if ok:
-            self._finish(job, "succeeded", value=cloudpickle.loads(payload), duration=duration)
+            follow = self._finish(job, "succeeded", value=cloudpickle.loads(payload), duration=duration)
         else:
             error, tb = payload
-            self._finish(job, "failed", error=error, tb=tb, duration=duration)
+            follow = self._finish(job, "failed", error=error, tb=tb, duration=duration)
+        for nxt in follow:
+            self._start(nxt)
 
     def _finish(self, job: _Job, kind: str, value: Any = None, error: str | None = None,
-                tb: str | None = None, duration: float | None = None) -> None:
+                tb: str | None = None, duration: float | None = None) -> list[_Job]:
+        """Release the job's capacity and report its end; return backlog jobs now startable."""
         inv = job.inv
         with self._lock:
             if job.done:  # cancelled or timed out meanwhile: the engine no longer wants this
-                return
-            job.done = True
+                return []
             self._jobs.pop((inv.run_id, inv.task_id), None)
-            self._release_locked(inv.resources)
+            follow = self._settle_locked(job)
         self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, kind, value=value, error=error,
                                 traceback=tb, duration_s=duration))
+        return follow
 
     def _emit(self, inv: Invocation, kind: str, worker: dict[str, Any]) -> Invocation:
         self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, kind, worker=worker))
         return inv
+
+
+def _take(pool: dict[str, float], resources: dict[str, Any], mem_accounted: int) -> bool:
+    """Deduct ``resources`` from ``pool`` if they fit."""
+    cpu, mem, gpu = resources["cpu"], resources["mem"] if mem_accounted else 0, resources["gpu"]
+    if cpu > pool["cpu"] + _EPS or mem > pool["mem"] or gpu > pool["gpu"] + _EPS:
+        return False
+    pool["cpu"] -= cpu
+    pool["mem"] -= mem
+    pool["gpu"] -= gpu
+    return True
+
+
+def _give(pool: dict[str, float], resources: dict[str, Any], mem_accounted: int) -> None:
+    pool["cpu"] += resources["cpu"]
+    if mem_accounted:
+        pool["mem"] += resources["mem"]
+    pool["gpu"] += resources["gpu"]
 
 
 def _call_pickled(payload: bytes) -> tuple[bool, Any, float]:
