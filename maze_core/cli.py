@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 a run ended failed or cancelled, or an operation failed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
@@ -26,10 +25,6 @@ class UsageFailure(click.ClickException):
     exit_code = 2
 
 
-def _fail_usage(message: str) -> UsageFailure:
-    return UsageFailure(message)
-
-
 class _Ctx:
     def __init__(self, config_path: str | None, verbose: bool = False):
         self.config_path = config_path
@@ -43,7 +38,7 @@ class _Ctx:
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
-                raise _fail_usage(str(exc)) from None
+                raise UsageFailure(str(exc)) from None
             from .logging import ensure_logging
             level = self._config.logging.level
             if not self.verbose and level in ("DEBUG", "INFO"):
@@ -199,36 +194,43 @@ def _load_workflow_file(path: Path, dag_name: str | None) -> Any:
     import cloudpickle
 
     from .dag import DAG
+    from .registry import import_file
     if not path.is_file():
-        raise _fail_usage(f"{path}: no such file")
-    module_name = f"maze_workflow_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise _fail_usage(f"{path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(path.resolve().parent))
+        raise UsageFailure(f"{path}: no such file")
+    folder = path.resolve().parent
+    sys.path.insert(0, str(folder))
+    before = set(sys.modules)
     try:
-        spec.loader.exec_module(module)
+        module = import_file(path.resolve())
     except (DAGValidationError, TaskDefinitionError) as exc:
-        raise _fail_usage(f"{path}: {exc}") from None
+        raise UsageFailure(f"{path}: {exc}") from None
     except Exception as exc:
-        raise _fail_usage(f"{path}: failed to load: {type(exc).__name__}: {exc}") from None
-    # the file is not importable by name elsewhere: ship its functions by value, so that a resumed
-    # run (another process) can still load them from the log
-    cloudpickle.register_pickle_by_value(module)
+        raise UsageFailure(f"{path}: failed to load: {type(exc).__name__}: {exc}") from None
+    # The file and the modules it imported from its own folder are not importable by name in
+    # another process: ship their functions by value, so that a resumed run (or a remote worker)
+    # can still load them from the log.
+    for name in set(sys.modules) - before:
+        mod = sys.modules.get(name)
+        file = getattr(mod, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder) and not _installed(Path(file)):
+            cloudpickle.register_pickle_by_value(mod)
     dags = {name: value for name, value in vars(module).items() if isinstance(value, DAG)}
     if dag_name:
         if dag_name not in dags:
-            raise _fail_usage(f"{path}: no DAG named {dag_name!r}; found: {', '.join(dags) or 'none'}")
+            raise UsageFailure(f"{path}: no DAG named {dag_name!r}; found: {', '.join(dags) or 'none'}")
         return dags[dag_name]
     if "dag" in dags:
         return dags["dag"]
     if len(dags) == 1:
         return next(iter(dags.values()))
     if not dags:
-        raise _fail_usage(f"{path}: defines no DAG; build one at module level, e.g. dag = DAG('name')")
-    raise _fail_usage(f"{path}: defines several DAGs ({', '.join(dags)}); choose one with --dag")
+        raise UsageFailure(f"{path}: defines no DAG; build one at module level, e.g. dag = DAG('name')")
+    raise UsageFailure(f"{path}: defines several DAGs ({', '.join(dags)}); choose one with --dag")
+
+
+def _installed(file: Path) -> bool:
+    """A module from an installed distribution (a virtualenv inside the project folder)."""
+    return any(part in ("site-packages", "dist-packages") for part in file.parts)
 
 
 def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progress: bool,
@@ -240,7 +242,7 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
             try:
                 run_id = engine.submit(dag, name=name)
             except DAGValidationError as exc:
-                raise _fail_usage("invalid workflow:\n  " + "\n  ".join(exc.problems)) from None
+                raise UsageFailure("invalid workflow:\n  " + "\n  ".join(exc.problems)) from None
             if not as_json:
                 click.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)", err=True)
             bar.track(run_id, name or dag.name, len(dag.tasks))
@@ -301,11 +303,16 @@ def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str |
     try:
         with RunProgress(engine, enabled=progress) as bar:
             try:
-                resumed = engine.resume(list(run_ids) or None, force=force)
+                report = engine.resume(list(run_ids) or None, force=force)
             except MazeError as exc:
                 raise click.ClickException(str(exc)) from None
+            for run_id, reason in report.skipped.items():
+                click.echo(f"run {run_id} not resumed: {reason}", err=True)
+            resumed = report.resumed
             if not resumed:
                 click.echo("nothing to resume")
+                if report.skipped:
+                    sys.exit(1)
                 return
             for run_id in resumed:
                 row = engine.store.get_run(run_id) or {}
@@ -314,7 +321,7 @@ def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str |
                 bar.track(run_id, row.get("name", ""), row.get("tasks_total", 0), done)
             rows = [engine.wait(run_id) for run_id in resumed]
     finally:
-        engine.stop()
+        engine.stop(wait=False)
     for row in rows:
         click.echo(f"run {row['run_id']} {row['status']}")
         failed = failed or row["status"] != "succeeded"

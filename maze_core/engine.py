@@ -13,6 +13,7 @@ task the log shows finished.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import json
@@ -23,6 +24,7 @@ import threading
 import time
 import traceback as tb_mod
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,7 @@ from . import events as ev
 from . import results
 from .config import MazeConfig, load_config
 from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundError, RunStateError
-from .events import NewEvent, canonical_json
+from .events import NewEvent, compact_json
 from .executor import Executor, Invocation, TaskUpdate
 from .logging import ensure_logging, get_logger
 from .scheduler import ReadyTask, Scheduler
@@ -70,18 +72,55 @@ class _Reply:
         return self.value
 
 
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+FUNC_CACHE_SIZE = 4096
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None if unknown.
+    Together with the pid it names one process: a pid reused later has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _driver() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
+
+
+def _driver_alive(driver: dict[str, Any]) -> bool:
+    """Whether the process recorded as driving a run is still alive on this host."""
+    pid = driver.get("pid")
+    if driver.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = driver.get("started")
+    return started is None or _process_started(pid) == started
+
+
+def _clean_text(text: str | None) -> str | None:
+    """Text safe to store: lone surrogates (from undecodable bytes) become escapes."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass
+class ResumeReport:
+    """What ``Engine.resume`` did: the runs it took over, and those it left alone with why."""
+
+    resumed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -98,11 +137,11 @@ class Engine:
         self._backoff, self._backoff_max = ec.retry_backoff, ec.retry_backoff_max
         self._inline_limit, self._max_batch = ec.inline_result_limit, ec.max_batch
         self._validate_events = ec.validate_events
-        self._owner = _owner()
+        self._driver = _driver()
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._runs: dict[str, RunState] = {}          # active runs, owned by the loop thread
         self._live: dict[str, dict[str, Any]] = {}    # run -> task -> result value (cache)
-        self._funcs: dict[str, Callable[..., Any]] = {}
+        self._funcs: OrderedDict[str, Callable[..., Any]] = OrderedDict()  # blob hash -> function
         self._timers: list[tuple] = []
         self._timer_seq = itertools.count()
         self._batch: list[tuple[RunState | None, NewEvent]] = []
@@ -117,7 +156,8 @@ class Engine:
         self._subscribers: list[Callable[[list[ev.Event]], None]] = []
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._stopping = False
+        self._life = threading.Lock()     # guards _state and every post to the inbox
+        self._state = "new"               # new -> running -> stopping -> stopped | failed
         self._observers: _ObserverThread | None = None
         self._registry_unsubscribe: Callable[[], None] | None = None
 
@@ -143,9 +183,11 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
     def start(self, resume: bool | None = None) -> list[str]:
         """Start the loop and the executor; resume unfinished runs (``[engine] resume_on_start``).
-        Returns the ids of resumed runs."""
-        if self._thread is not None:
-            return []
+        Returns the ids of resumed runs. An engine starts once: after ``stop`` make a new one."""
+        with self._life:
+            if self._state != "new":
+                raise EngineError(f"this engine is {self._state}; an engine starts once")
+            self._state = "running"
         self.executor.start(self._report)
         self._observers = _ObserverThread.maybe_start()
         self._thread = threading.Thread(target=self._loop, name="maze-engine", daemon=True)
@@ -154,19 +196,26 @@ class Engine:
         if hasattr(self.registry, "subscribe"):
             self._registry_unsubscribe = self.registry.subscribe(self._on_tool_change)
         if resume if resume is not None else self.config.engine.resume_on_start:
-            return self.resume()
+            return self.resume().resumed
         return []
 
     def stop(self, wait: bool = True) -> None:
         """Stop the loop and the executor. Runs still active stay ``running`` in the log and are
-        resumed by the next engine that starts on this store."""
+        resumed by the next engine that starts on this store. ``wait=False`` does not wait for
+        task bodies still running."""
+        with self._life:
+            if self._state == "running":
+                self._state = "stopping"
+                self._inbox.put(("stop",))   # the last message: nothing is posted after it
         if self._thread is None:
             return
         if self._registry_unsubscribe:
             self._registry_unsubscribe()
-        self._inbox.put(("stop",))
         self._thread.join()
         self._thread = None
+        with self._life:
+            if self._state == "stopping":
+                self._state = "stopped"
         self.executor.shutdown(wait=wait)
         if self._observers:
             self._observers.stop()
@@ -183,8 +232,15 @@ class Engine:
     def _require_running(self) -> None:
         if self._failure is not None:
             raise EngineError(f"the engine stopped after an error: {self._failure}")
-        if self._thread is None:
-            raise EngineError("the engine is not running; call start() or use it as a context manager")
+        if self._state != "running":
+            raise EngineError(f"the engine is {self._state}; call start() or use it as a context manager")
+
+    def _post(self, msg: tuple) -> None:
+        """Hand a caller's message to the loop, which will answer it: refused once the engine is
+        stopping or failed, so that no caller ever waits for an answer that cannot come."""
+        with self._life:
+            self._require_running()
+            self._inbox.put(msg)
 
     # ------------------------------------------------------------------ public API
     def submit(self, dag: Any, name: str | None = None, actor: str | None = None) -> str:
@@ -217,7 +273,9 @@ class Engine:
                     pickled[id(node.func)] = func_ref
                 tool_version = None
             try:
-                inputs = json.loads(canonical_json(node.inputs))
+                text = compact_json(node.inputs)
+                text.encode("utf-8")
+                inputs = json.loads(text)
             except (TypeError, ValueError) as exc:
                 problems.append(f"task {tid}: inputs are not JSON-serialisable ({exc}); pass file paths "
                                 f"or JSON values")
@@ -232,52 +290,87 @@ class Engine:
                 "retries": self.config.engine.retries if retries is None else int(retries),
                 "timeout": self.config.engine.default_timeout if timeout is None else float(timeout),
             }
+        run_name = name if name is not None else dag.name
+        if not isinstance(run_name, str) or _clean_text(run_name) != run_name:
+            problems.append(f"run name must be text, got {run_name!r}")
         if problems:
             raise DAGValidationError("; ".join(problems), problems)
         run_id = str(uuid.uuid4())
-        data = {"name": name if name is not None else dag.name, "tasks": tasks, "owner": self._owner}
+        data = {"name": run_name, "tasks": tasks, "driver": self._driver}
         reply = _Reply()
-        self._inbox.put(("submit", run_id, data, blobs, funcs, actor or self.actor, reply))
+        self._post(("submit", run_id, data, blobs, funcs, actor or self.actor, reply))
         reply.wait()
         return run_id
 
     def cancel(self, run_id: str, task_id: str | None = None, reason: str = "cancelled by user") -> list[str]:
         """Cancel one task (and skip what depends on it) or, without ``task_id``, the whole run.
         Returns the ids of the tasks cancelled. Running tasks are stopped best-effort."""
-        self._require_running()
         reply = _Reply()
-        self._inbox.put(("cancel", run_id, task_id, reason, reply))
+        self._post(("cancel", run_id, task_id, reason, reply))
         return reply.wait()
 
-    def resume(self, run_ids: Iterable[str] | None = None, force: bool = False) -> list[str]:
+    def resume(self, run_ids: Iterable[str] | None = None, force: bool = False) -> ResumeReport:
         """Take over unfinished runs from the log: fold each, re-dispatch tasks that were queued or
-        running, and carry on. Runs owned by another live process on this host are left alone
-        unless ``force``. Returns the resumed run ids."""
+        running, and carry on.
+
+        A run is left alone, with the reason in ``ResumeReport.skipped``, when the process that
+        drives it is still alive on this host (unless ``force``), when one of its open tasks needs
+        more than this engine's executor can ever provide, or when a task's function cannot be
+        loaded here (say, its module is not importable in this process). Such runs stay unfinished
+        in the log, for an engine that can take them."""
         self._require_running()
+        explicit = run_ids is not None
         if run_ids is None:
             run_ids = [r["run_id"] for r in self._iter_runs("running")]
-        states = []
+        report = ResumeReport()
+        states, funcs = [], {}
         for run_id in run_ids:
-            if run_id in self._runs:
-                continue
             stream = self.store.read_stream(ev.run_stream(run_id))
             if not stream:
                 raise NotFoundError(f"run {run_id!r} does not exist")
             state = RunState.from_events(run_id, stream)
             if state.finished:
+                if explicit:
+                    report.skipped[run_id] = f"it has already {state.status}"
                 continue
-            owner = state.owner
-            if (not force and owner.get("host") == self._owner["host"] and owner.get("pid")
-                    and owner["pid"] != os.getpid() and _pid_alive(owner["pid"])):
-                log.warning("run still owned by a live process; not resuming", run_id=run_id,
-                            pid=owner["pid"])
+            reason = self._resume_obstacle(state, force, funcs)
+            if reason is not None:
+                report.skipped[run_id] = reason
+                log.warning("run not resumed", run_id=run_id, reason=reason)
                 continue
             states.append(state)
-        if not states:
-            return []
-        reply = _Reply()
-        self._inbox.put(("resume", states, reply))
-        return reply.wait()
+        if states:
+            reply = _Reply()
+            self._post(("resume", states, funcs, reply))
+            report.resumed = reply.wait()
+            for state in states:
+                if state.run_id not in report.resumed:
+                    report.skipped[state.run_id] = "this engine is already driving it"
+        return report
+
+    def _resume_obstacle(self, state: RunState, force: bool, funcs: dict[str, Any]) -> str | None:
+        if state.run_id in self._runs:
+            return "this engine is already driving it"
+        if not force and _driver_alive(state.driver):
+            return (f"process {state.driver.get('pid')} on this host is still driving it "
+                    f"(use force to take it over)")
+        for tid, task in state.tasks.items():
+            if task.status in TERMINAL:
+                continue
+            reason = self.executor.check(task.spec["resources"])
+            if reason is not None:
+                return f"task {tid}: {reason} (executor {self.executor.name!r})"
+            ref = task.spec.get("func_ref")
+            try:
+                if ref is None:
+                    if self._registered_tool(task.spec["func_name"]) is None:
+                        return f"task {tid}: tool {task.spec['func_name']!r} is not registered here"
+                elif ref not in funcs and ref not in self._funcs:
+                    funcs[ref] = cloudpickle.loads(self.store.get_blob(ref))
+            except Exception as exc:
+                return (f"task {tid}: cannot load function {task.spec['func_name']!r} here: "
+                        f"{type(exc).__name__}: {exc}")
+        return None
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run has finished; return its ``runs`` row (with ``task_counts``)."""
@@ -333,7 +426,9 @@ class Engine:
                 new_events.append(NewEvent(ev.tool_stream(name), ev.TOOL_REMOVED,
                                            {"name": name, "reason": "no longer installed"}, self.actor))
         if new_events:
-            self._notify(self.store.append(new_events))
+            reply = _Reply()
+            self._post(("tools", new_events, reply))
+            reply.wait()
 
     # ------------------------------------------------------------------ helpers for callers
     def _iter_runs(self, status: str) -> Iterable[dict[str, Any]]:
@@ -361,13 +456,18 @@ class Engine:
                             {"name": entry.name, "reason": entry.reason or "unregistered"}, self.actor)
         return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REGISTERED, {
             "name": entry.name, "version": str(entry.version), "source": entry.source,
-            "meta": json.loads(canonical_json(entry.meta.to_dict())), "digest": entry.digest}, self.actor)
+            "meta": json.loads(compact_json(entry.meta.to_dict())), "digest": entry.digest}, self.actor)
 
     def _on_tool_change(self, change: str, entry: Any) -> None:
+        """A registration or removal in the registry (any thread) becomes an event, appended by
+        the loop like every other event, so observers see the log in order."""
+        reply = _Reply()
         try:
-            self._notify(self.store.append([self._tool_event(change, entry)]))
-        except Exception:
-            log.exception("could not record tool change", tool=entry.name, change=change)
+            self._post(("tools", [self._tool_event(change, entry)], reply))
+        except EngineError:
+            return  # stopping: the next engine's sync_tools records it
+        if threading.current_thread() is not self._thread:
+            reply.wait()  # the registration is durable when register_task returns
 
     def _report(self, update: TaskUpdate) -> None:
         self._inbox.put(("update", update))
@@ -391,7 +491,9 @@ class Engine:
                 if stop:
                     return
         except BaseException as exc:  # persisting failed: nothing may run on an unrecorded state
-            self._failure = exc
+            with self._life:
+                self._failure = exc
+                self._state = "failed"
             log.exception("engine loop stopped", error=str(exc))
             for reply, _ in self._replies:
                 reply.set(error=EngineError(f"engine failed: {exc}"))
@@ -425,6 +527,23 @@ class Engine:
                 msg[-1].set(error=EngineError(f"engine failed: {exc}"))
 
     def _handle(self, msg: tuple) -> None:
+        try:
+            self._handle_one(msg)
+        except Exception as exc:  # a bug or a poison value must cost one task, not the engine
+            log.exception("engine could not handle a message", kind=msg[0])
+            if msg[0] == "update":
+                self._internal_failure(msg[1], exc)
+            elif isinstance(msg[-1], _Reply):
+                msg[-1].set(error=EngineError(f"{type(exc).__name__}: {exc}"))
+
+    def _internal_failure(self, u: TaskUpdate, exc: Exception) -> None:
+        state = self._runs.get(u.run_id)
+        task = state.tasks.get(u.task_id) if state else None
+        if task is not None and task.status not in TERMINAL:
+            self._give_up(state, u.task_id, u.attempt, f"MazeInternalError: {type(exc).__name__}: {exc}",
+                          tb_mod.format_exc(), u.duration_s)
+
+    def _handle_one(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "update":
             self._on_update(msg[1])
@@ -433,7 +552,7 @@ class Engine:
             state = RunState(run_id)
             self._runs[run_id] = state
             self._live[run_id] = {}
-            self._funcs.update(funcs)
+            self._remember_funcs(funcs)
             self._blobs.update(blobs)
             self._emit(state, ev.RUN_SUBMITTED, data, actor)
             self._replies.append((reply, run_id))
@@ -445,8 +564,17 @@ class Engine:
             except MazeError as exc:
                 reply.set(error=exc)
         elif kind == "resume":
-            _, states, reply = msg
-            self._replies.append((reply, [self._resume(state) for state in states]))
+            _, states, funcs, reply = msg
+            self._remember_funcs(funcs)
+            # two callers may have folded the same run: only the first takes it
+            resumed = [self._resume(state) for state in states if state.run_id not in self._runs]
+            self._replies.append((reply, resumed))
+        elif kind == "tools":
+            _, new_events, reply = msg
+            for new in new_events:
+                self._batch.append((None, new))
+            self._urgent = True
+            self._replies.append((reply, None))
 
     # ------------------------------------------------------------------ events
     def _emit(self, state: RunState, type_: str, data: dict[str, Any], actor: str | None = None) -> None:
@@ -543,6 +671,7 @@ class Engine:
             self.scheduler.observe(event)
             if event.type in ev.RUN_TERMINAL:
                 run_id = event.stream[4:]
+                log.info("run finished", run_id=run_id, status=event.data.get("status"))
                 self._runs.pop(run_id, None)
                 self._live.pop(run_id, None)
                 ended = True
@@ -593,14 +722,22 @@ class Engine:
         func = self._funcs.get(ref)
         if func is None:
             func = cloudpickle.loads(self.store.get_blob(ref))
-            self._funcs[ref] = func
+        self._remember_funcs({ref: func})
         return func
+
+    def _remember_funcs(self, funcs: dict[str, Callable[..., Any]]) -> None:
+        """Keep recently used functions (LRU); any other is loaded again from its blob."""
+        for ref, func in funcs.items():
+            self._funcs[ref] = func
+            self._funcs.move_to_end(ref)
+        while len(self._funcs) > FUNC_CACHE_SIZE:
+            self._funcs.popitem(last=False)
 
     def _resolve_inputs(self, state: RunState, spec: dict[str, Any]) -> dict[str, Any]:
         from .dag import resolve_inputs
         deps = spec.get("dependencies") or ()
-        if not deps:
-            return dict(spec["inputs"])
+        if not deps:  # each attempt gets its own copy: a task mutating its inputs changes nothing else
+            return copy.deepcopy(spec["inputs"])
         live = self._live.setdefault(state.run_id, {})
         outputs = {}
         for dep in deps:
@@ -609,7 +746,7 @@ class Engine:
                 live[dep] = results.decode(None if t.result is _MISSING else t.result,
                                            t.result_ref, self.store.get_blob)
             outputs[dep] = live[dep]
-        return resolve_inputs(spec["inputs"], state.tasks.keys(), outputs)
+        return copy.deepcopy(resolve_inputs(spec["inputs"], state.tasks.keys(), outputs))
 
     # ------------------------------------------------------------------ executor reports
     def _on_update(self, u: TaskUpdate) -> None:
@@ -634,7 +771,7 @@ class Engine:
             try:
                 fields, blobs = results.encode(u.value, self._inline_limit)
             except results.ResultEncodingError as exc:
-                self._fail_attempt(state, u.task_id, u.attempt, f"TypeError: {exc}", None, duration,
+                self._fail_attempt(state, u.task_id, u.attempt, f"ResultError: {exc}", None, duration,
                                    retryable=False)
                 return
             self._blobs.update(blobs)
@@ -642,7 +779,8 @@ class Engine:
             self._emit(state, ev.TASK_SUCCEEDED, {"task_id": u.task_id, "attempt": u.attempt,
                                                   "duration_s": duration, **fields})
         else:
-            self._fail_attempt(state, u.task_id, u.attempt, u.error or "failed", u.traceback, duration)
+            self._fail_attempt(state, u.task_id, u.attempt, _clean_text(u.error) or "failed",
+                               _clean_text(u.traceback), duration)
 
     def _fail_attempt(self, state: RunState, task_id: str, attempt: int, error: str,
                       traceback: str | None, duration: float | None, retryable: bool = True) -> None:
@@ -707,7 +845,7 @@ class Engine:
         self._runs[state.run_id] = state
         self._live[state.run_id] = {}
         requeued = [tid for tid, t in state.tasks.items() if t.status in ACTIVE]
-        self._emit(state, ev.RUN_RESUMED, {"owner": self._owner, "requeued": requeued})
+        self._emit(state, ev.RUN_RESUMED, {"driver": self._driver, "requeued": requeued})
         requeued_set = set(requeued)
         for tid, t in state.tasks.items():
             if tid in requeued_set:
@@ -730,7 +868,6 @@ class Engine:
                 type_ = {"succeeded": ev.RUN_SUCCEEDED, "failed": ev.RUN_FAILED,
                          "cancelled": ev.RUN_CANCELLED}[status]
                 self._emit(state, type_, {"status": status, "error": error, "failed_tasks": failed})
-                log.info("run finished", run_id=state.run_id, status=status)
         self._touched = {}
 
     # ------------------------------------------------------------------ timers

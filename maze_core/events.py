@@ -130,11 +130,11 @@ class TaskSpecData(_Payload):
 class RunSubmittedData(_Payload):
     name: str
     tasks: dict[str, TaskSpecData]
-    owner: dict[str, Any]
+    driver: dict[str, Any]  # the process driving the run: host, pid, process start time
 
 
 class RunResumedData(_Payload):
-    owner: dict[str, Any]
+    driver: dict[str, Any]
     requeued: list[str]
 
 

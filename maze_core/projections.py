@@ -72,8 +72,9 @@ def project(event: ev.Event) -> list[Upsert]:
                     "func_name": spec.get("func_name"), "task_name": spec.get("task_name"),
                     "status": "pending", "attempt": 0}))
             return out
-        if t == ev.RUN_RESUMED:
-            return [("runs", (run_id,), {"status": "running", "updated_at": ts})]
+        if t == ev.RUN_RESUMED:  # tasks cut off by the crash wait to be dispatched again
+            return [("runs", (run_id,), {"status": "running", "updated_at": ts}),
+                    *(("tasks", (run_id, tid), {"status": "pending"}) for tid in d.get("requeued", ()))]
         if t in _RUN_END:
             return [("runs", (run_id,), {"status": _RUN_END[t], "updated_at": ts,
                                                   "finished_at": ts, "error": d.get("error")})]

@@ -532,7 +532,7 @@ class ToolRegistry:
         registered: list[str] = []
         for path in _task_files(root):
             try:
-                module = _import_file(path, package_root)
+                module = import_file(path, package_root)
             except (Exception, SystemExit) as exc:  # one broken module must not stop the scan
                 logger.error("failed to import task module %s: %s: %s", path, type(exc).__name__, exc,
                              exc_info=True)
@@ -580,7 +580,7 @@ def _task_files(root: Path) -> Iterator[Path]:
 _NON_IDENT = re.compile(r"\W")
 
 
-def _import_file(path: Path, package_root: Path | None) -> Any:
+def import_file(path: Path, package_root: Path | None = None) -> Any:
     """Import one file: as a named module under ``package_root``, or under a synthetic name."""
     if package_root is not None and path.is_relative_to(package_root):
         return importlib.import_module(".".join(path.relative_to(package_root).with_suffix("").parts))

@@ -16,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 
-from .events import canonical_json
+from .events import compact_json
 from .store import blob_hash
 
 _SCALARS = (str, int, bool, type(None))
@@ -44,10 +44,12 @@ class ResultEncodingError(Exception):
 def encode(value: Any, inline_limit: int) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The event fields and blobs for a result: ``({"result": v} | {"result_ref": ref}, blobs)``."""
     if is_json(value):
-        text = canonical_json(value)
-        if len(text) <= inline_limit:
+        try:
+            data = compact_json(value).encode("utf-8")
+        except (ValueError, UnicodeEncodeError) as exc:  # huge ints, lone surrogates
+            raise ResultEncodingError(f"result cannot be stored as JSON: {exc}") from exc
+        if len(data) <= inline_limit:
             return {"result": value}, {}
-        data = text.encode()
         digest = blob_hash(data)
         return {"result_ref": {"hash": digest, "encoding": "json", "size": len(data),
                                "type": type(value).__name__}}, {digest: data}

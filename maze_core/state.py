@@ -46,12 +46,12 @@ class TaskState:
 class RunState:
     """Everything the engine knows about one run, rebuilt from its events alone."""
 
-    __slots__ = ("run_id", "name", "owner", "status", "version", "tasks", "open", "order")
+    __slots__ = ("run_id", "name", "driver", "status", "version", "tasks", "open", "order")
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.name = ""
-        self.owner: dict[str, Any] = {}
+        self.driver: dict[str, Any] = {}
         self.status = "new"
         self.version = 0            # stream version of the last applied event
         self.tasks: dict[str, TaskState] = {}
@@ -80,7 +80,7 @@ class RunState:
         if task_id is not None:
             return self._task_event(type_, self.tasks[task_id], data)
         if type_ == ev.RUN_RESUMED:
-            self.owner = data.get("owner", {})
+            self.driver = data.get("driver", {})
             ready = []
             for tid in data.get("requeued", []):
                 # interrupted by the crash, not by its own failure: the next dispatch reuses
@@ -97,7 +97,7 @@ class RunState:
 
     def _submitted(self, data: dict[str, Any]) -> list[str]:
         self.name = data.get("name", "")
-        self.owner = data.get("owner", {})
+        self.driver = data.get("driver", {})
         self.status = "running"
         for tid, spec in data["tasks"].items():
             self.tasks[tid] = TaskState(spec=spec, waiting=len(spec.get("dependencies", ())))

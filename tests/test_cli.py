@@ -117,6 +117,56 @@ def test_sigkill_mid_workflow_then_resume_finishes_without_rerunning(tmp_path, c
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
+HELPERS = """
+import os, time
+from pathlib import Path
+from maze_core import task
+
+@task
+def slow_square(x: int) -> dict:
+    marks = Path(os.environ["MARKS"])
+    (marks / "started").write_text("")
+    while not (marks / "open").exists():
+        time.sleep(0.02)
+    return {"y": x * x}
+"""
+
+SIBLING_WORKFLOW = """
+from maze_core import DAG
+from helpers import slow_square
+
+dag = DAG("siblings")
+a = dag.add_task(slow_square, inputs={"x": 7})
+"""
+
+
+def test_resume_from_elsewhere_loads_functions_from_sibling_modules(tmp_path, cli_env):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helpers.py").write_text(HELPERS)
+    (project / "wf.py").write_text(SIBLING_WORKFLOW)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**cli_env, "MARKS": str(marks)}
+    proc = subprocess.Popen([maze_exe(), "run", "wf.py", "--no-progress"], env=env, cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (marks / "started").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    (marks / "open").write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = maze("resume", "--no-progress", env=env, cwd=elsewhere)   # helpers.py is not importable here
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run_id = json.loads(maze("runs", "--json", env=env, cwd=elsewhere).stdout)["runs"][0]["run_id"]
+    shown = json.loads(maze("runs", "show", run_id, "--json", env=env, cwd=elsewhere).stdout)
+    assert shown["status"] == "succeeded" and shown["tasks"]["t1"]["result"] == {"y": 49}
+
+
 def test_run_file_prints_results_and_failing_run_exits_1(tmp_path, cli_env):
     wf = tmp_path / "fail.py"
     wf.write_text(textwrap.dedent("""

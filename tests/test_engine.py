@@ -58,9 +58,9 @@ def wait_gate(name: str) -> dict:
 
 
 @task(timeout=0.3)
-def sleepy(seconds: float) -> dict:
-    time.sleep(seconds)
-    return {"slept": seconds}
+def sleepy(gate: str) -> dict:
+    gates[gate].wait(20)   # hangs until the test lets it go
+    return {"gate": gate}
 
 
 @task
@@ -168,12 +168,16 @@ def test_retries_exhausted_fail_the_task(engine):
 
 
 def test_timeout_fails_a_hung_task_quickly(engine):
+    gates["hung"] = threading.Event()
     dag = DAG("timeout")
-    slow = dag.add_task(sleepy, inputs={"seconds": 5})
+    slow = dag.add_task(sleepy, inputs={"gate": "hung"})
     fast = dag.add_task(add, inputs={"a": 1, "b": 2})
     started = time.monotonic()
-    run_id = engine.submit(dag)
-    run = engine.wait(run_id, timeout=10)
+    try:
+        run_id = engine.submit(dag)
+        run = engine.wait(run_id, timeout=10)
+    finally:
+        gates["hung"].set()
     assert time.monotonic() - started < 3
     assert run["status"] == "failed"
     failed = next(e for e in events_of(engine, run_id) if e.type == ev.TASK_FAILED)
@@ -188,11 +192,13 @@ def test_cancel_running_task_skips_downstream(engine):
     dag = DAG("cancel")
     blocked = dag.add_task(wait_gate, inputs={"name": "c1"})
     after = dag.add_task(double, inputs={"x": blocked.output.gate})
-    run_id = engine.submit(dag)
-    _wait_for(lambda: calls["gate:c1"] == 1)
-    assert engine.cancel(run_id, blocked) == [blocked]
-    run = engine.wait(run_id, timeout=10)
-    gates["c1"].set()
+    try:
+        run_id = engine.submit(dag)
+        _wait_for(lambda: calls["gate:c1"] == 1)
+        assert engine.cancel(run_id, blocked) == [blocked]
+        run = engine.wait(run_id, timeout=10)
+    finally:
+        gates["c1"].set()
     assert run["status"] == "cancelled"
     statuses = {r["task_id"]: r["status"] for r in engine.store.list_tasks(run_id)}
     assert statuses == {blocked: "cancelled", after: "skipped"}
@@ -205,14 +211,16 @@ def test_cancel_whole_run_and_unknown_ids(engine):
     dag = DAG("cancel-run")
     a = dag.add_task(wait_gate, inputs={"name": "c2"})
     b = dag.add_task(double, inputs={"x": a.output.gate})
-    run_id = engine.submit(dag)
-    with pytest.raises(NotFoundError):
-        engine.cancel(run_id, "t99")
-    with pytest.raises(NotFoundError):
-        engine.cancel("no-such-run")
-    assert sorted(engine.cancel(run_id)) == sorted([a, b])
-    assert engine.wait(run_id, timeout=10)["status"] == "cancelled"
-    gates["c2"].set()
+    try:
+        run_id = engine.submit(dag)
+        with pytest.raises(NotFoundError):
+            engine.cancel(run_id, "t99")
+        with pytest.raises(NotFoundError):
+            engine.cancel("no-such-run")
+        assert sorted(engine.cancel(run_id)) == sorted([a, b])
+        assert engine.wait(run_id, timeout=10)["status"] == "cancelled"
+    finally:
+        gates["c2"].set()
 
 
 def test_results_non_json_and_large_go_to_blobs(engine, config):
@@ -283,7 +291,9 @@ def test_gpu_task_rejected_by_local_executor(engine):
         engine.submit(dag)
 
 
-def test_resume_after_engine_stops_midway_does_not_rerun_finished_tasks(config):
+def test_resume_after_an_engine_stopped_midway_does_not_rerun_finished_tasks(config):
+    # (a real SIGKILL of the process is in test_cli.py; here the first engine stops with a task
+    # still running, and a second engine on the same file takes over)
     registry = ToolRegistry()
     gates["r1"] = threading.Event()
     calls["add"] = calls["gate:r1"] = 0
@@ -364,15 +374,15 @@ def test_on_event_observers_receive_committed_events(config):
 
     pm = load_plugins()
     pm.register(Observer(), name="test-observer")
+    eng = Engine.from_config(config, registry=ToolRegistry())
     try:
-        eng = Engine.from_config(config, registry=ToolRegistry())
         eng.start()
         dag = DAG("observed")
         dag.add_task(add, inputs={"a": 1, "b": 1})
         eng.wait(eng.submit(dag), timeout=20)
         assert got_end.wait(5)
-        eng.stop()
     finally:
+        eng.stop()
         pm.unregister(name="test-observer")
     assert seen[:1] == ["RunSubmitted"] and seen[-1] == "RunSucceeded"
 
@@ -477,3 +487,183 @@ def test_a_broken_log_stream_does_not_stop_the_engine(config):
         eng.stop()
     finally:
         setup_logging("WARNING", "json")
+
+
+# ---------------------------------------------------------------------------- hardening
+
+
+@task
+def huge_int() -> dict:
+    return {"n": 10 ** 5000}
+
+
+@task
+def surrogate_result() -> dict:
+    return {"text": "bad \udc80 byte"}
+
+
+@task
+def raises_surrogate() -> dict:
+    raise ValueError("cannot decode \udcff")
+
+
+@task(retries=1)
+def mutate_then_fail(items: list) -> dict:
+    items.append("x")
+    calls["mutate"] += 1
+    if calls["mutate"] == 1:
+        raise RuntimeError("first attempt fails after mutating its input")
+    return {"seen": list(items)}
+
+
+@task
+def append_to(items: list, tag: str) -> dict:
+    items.append(tag)
+    return {"items": items}
+
+
+@task
+def make_items() -> dict:
+    return {"items": [1]}
+
+
+@pytest.mark.parametrize("func, message", [(huge_int, "ResultError"), (surrogate_result, "ResultError")])
+def test_unstorable_results_fail_their_task_and_nothing_else(engine, func, message):
+    dag = DAG("poison")
+    dag.add_task(func)
+    run_id = engine.submit(dag)
+    row = engine.wait(run_id, timeout=20)
+    assert row["status"] == "failed" and message in row["error"]
+    ok = DAG("after-poison")
+    ok.add_task(add, inputs={"a": 1, "b": 1})
+    assert engine.wait(engine.submit(ok), timeout=20)["status"] == "succeeded"
+
+
+def test_undecodable_error_text_is_stored_escaped(engine):
+    dag = DAG("surrogate-error")
+    dag.add_task(raises_surrogate)
+    row = engine.wait(engine.submit(dag), timeout=20)
+    assert row["status"] == "failed" and "\\udcff" in row["error"]
+
+
+def test_unstorable_inputs_are_refused_at_submit(engine):
+    dag = DAG("bad-input")
+    dag.add_task(append_to, inputs={"items": [], "tag": "bad \udc80"})
+    with pytest.raises(DAGValidationError, match="not JSON-serialisable"):
+        engine.submit(dag)
+    assert engine.store.count_runs() == 0
+
+
+def test_each_attempt_and_each_consumer_gets_its_own_inputs(engine):
+    calls["mutate"] = 0
+    dag = DAG("isolation")
+    retried = dag.add_task(mutate_then_fail, inputs={"items": [1]})
+    src = dag.add_task(make_items)
+    a = dag.add_task(append_to, inputs={"items": src.output["items"], "tag": "a"})
+    b = dag.add_task(append_to, inputs={"items": src.output["items"], "tag": "b"})
+    run_id = engine.submit(dag)
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, retried) == {"seen": [1, "x"]}     # not [1, "x", "x"]
+    assert engine.result(run_id, a) == {"items": [1, "a"]}
+    assert engine.result(run_id, b) == {"items": [1, "b"]}
+    assert engine.result(run_id, src) == {"items": [1]}
+
+
+def test_concurrent_resumes_of_one_run_take_it_once(config):
+    registry = ToolRegistry()
+    gates["cr"] = threading.Event()
+    calls["gate:cr"] = 0
+    first = Engine.from_config(config, registry=registry)
+    first.start()
+    dag = DAG("double-resume")
+    dag.add_task(wait_gate, inputs={"name": "cr"})
+    run_id = first.submit(dag)
+    _wait_for(lambda: calls["gate:cr"] == 1)
+    first.stop(wait=False)
+    second = Engine.from_config(config, registry=registry)
+    second.start(resume=False)
+    try:
+        reports = []
+        threads = [threading.Thread(target=lambda: reports.append(second.resume([run_id])))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(len(r.resumed) for r in reports) == [0, 0, 0, 1]
+        gates["cr"].set()
+        assert second.wait(run_id, timeout=20)["status"] == "succeeded"
+        assert types_of(second, run_id).count("RunResumed") == 1
+    finally:
+        gates["cr"].set()
+        second.stop()
+
+
+def test_callers_never_hang_when_the_engine_stops_under_them(config):
+    from maze_core.engine import EngineError
+    eng = Engine.from_config(config, registry=ToolRegistry())
+    eng.start()
+    outcomes: list[str] = []
+
+    def submitter():
+        for _ in range(200):
+            dag = DAG("race")
+            dag.add_task(add, inputs={"a": 1, "b": 1})
+            try:
+                eng.submit(dag)
+                outcomes.append("ok")
+            except EngineError:
+                outcomes.append("refused")
+                return
+
+    t = threading.Thread(target=submitter)
+    t.start()
+    _wait_for(lambda: len(outcomes) >= 3)
+    eng.stop()
+    t.join(10)
+    assert not t.is_alive(), "a submit() is still waiting for an answer"
+    assert outcomes[-1] == "refused" or len(outcomes) == 200
+    with pytest.raises(EngineError, match="starts once"):
+        eng.start()
+
+
+def test_resume_leaves_runs_it_cannot_finish_with_reasons(config):
+    import cloudpickle
+
+    from maze_core.events import NewEvent
+    eng = Engine.from_config(config, registry=ToolRegistry())
+    eng.start()
+    try:
+        spec = {"func_name": "add", "task_name": None, "tool_version": None, "dependencies": [],
+                "inputs": {"a": 1, "b": 1}, "retries": 0, "timeout": None}
+        from maze_core.resources import normalize
+        too_big = eng.store.put_blob(cloudpickle.dumps(add))
+        broken = eng.store.put_blob(b"not a pickle")
+        driver = {"host": "elsewhere", "pid": 1, "started": 0}
+        for run_id, ref, res in [("too-big", too_big, {"cpu": 64}), ("unloadable", broken, {"cpu": 1})]:
+            eng.store.append([NewEvent(ev.run_stream(run_id), ev.RUN_SUBMITTED, {
+                "name": run_id, "driver": driver,
+                "tasks": {"t1": {**spec, "func_ref": ref, "resources": normalize(res)}}})])
+        report = eng.resume()
+        assert report.resumed == []
+        assert "64 CPUs" in report.skipped["too-big"]
+        assert "cannot load function" in report.skipped["unloadable"]
+        assert eng.store.get_run("too-big")["status"] == "running"     # left for a bigger engine
+    finally:
+        eng.stop()
+
+
+def test_tool_events_and_observers_stay_on_the_engine_thread(config):
+    registry = ToolRegistry()
+    eng = Engine.from_config(config, registry=registry)
+    threads: list[str] = []
+    eng.subscribe(lambda events: threads.append(threading.current_thread().name))
+    eng.start()
+    try:
+        worker = threading.Thread(target=lambda: registry.register_task(double), name="http-worker")
+        worker.start()
+        worker.join(10)
+        assert eng.store.list_tools()[0]["name"] == "double"   # durable when register_task returned
+        assert threads and set(threads) == {"maze-engine"}
+    finally:
+        eng.stop()

@@ -46,7 +46,7 @@ def run_submitted(run_id: str, task_ids: list[str], name: str = "wf", actor: str
                    "dependencies": [task_ids[i - 1]] if i else [], "inputs": {"n": i},
                    "resources": {"cpu": 1}}
              for i, tid in enumerate(task_ids)}
-    return _new(ev.run_stream(run_id), ev.RUN_SUBMITTED, {"name": name, "tasks": tasks, "owner": {}},
+    return _new(ev.run_stream(run_id), ev.RUN_SUBMITTED, {"name": name, "tasks": tasks, "driver": {}},
                 actor=actor, **kw)
 
 
