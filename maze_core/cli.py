@@ -463,8 +463,10 @@ def tools_group() -> None:
 def tools_list(obj: _Ctx, as_json: bool) -> None:
     """Every registered tool with its version, source and resources."""
     from .registry import task_registry
-    from .runtime import load_tools
+    from .runtime import load_tools, tool_sync_events
     load_tools(obj.config, task_registry)
+    store = obj.store()
+    store.append(tool_sync_events(store, task_registry, "cli"))  # what is installed is on record
     tools = task_registry.list_tasks()
     if as_json:
         _echo_json(tools)

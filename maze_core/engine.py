@@ -38,6 +38,7 @@ from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundErr
 from .events import NewEvent, compact_json
 from .executor import Executor, Invocation, TaskUpdate
 from .logging import ensure_logging, get_logger
+from .runtime import tool_event
 from .scheduler import ReadyTask, Scheduler
 from .state import _MISSING, ACTIVE, PENDING, QUEUED, RETRYING, RUNNING, TERMINAL, RunState
 from .store import EventStore, blob_hash
@@ -413,18 +414,8 @@ class Engine:
 
     def sync_tools(self) -> None:
         """Record the registry's tools as events where the log does not already say the same."""
-        known = {row["name"]: row for row in self.store.list_tools(include_removed=True)}
-        new_events = []
-        for entry in self._registry_entries():
-            row = known.get(entry.name)
-            if row is None or row["status"] != "active" or row["digest"] != entry.digest:
-                new_events.append(self._tool_event("registered", entry))
-        present = set(self.registry.names())
-        for name, row in known.items():
-            if (row["status"] == "active" and name not in present
-                    and str(row.get("source", "")).startswith(("package:", "dir:"))):
-                new_events.append(NewEvent(ev.tool_stream(name), ev.TOOL_REMOVED,
-                                           {"name": name, "reason": "no longer installed"}, self.actor))
+        from .runtime import tool_sync_events
+        new_events = tool_sync_events(self.store, self.registry, self.actor)
         if new_events:
             reply = _Reply()
             self._post(("tools", new_events, reply))
@@ -443,27 +434,16 @@ class Engine:
     def _registered_tool(self, name: str) -> Any:
         return self.registry.get(name) if name in self.registry else None
 
-    def _registry_entries(self) -> list[Any]:
-        return [self.registry.get(name) for name in self.registry.names()]
-
     def _capacity_check(self, task_id: str, resources: dict[str, Any]) -> str | None:
         reason = self.executor.check(resources)
         return None if reason is None else f"{reason} (executor {self.executor.name!r})"
-
-    def _tool_event(self, change: str, entry: Any) -> NewEvent:
-        if change == "removed":
-            return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REMOVED,
-                            {"name": entry.name, "reason": entry.reason or "unregistered"}, self.actor)
-        return NewEvent(ev.tool_stream(entry.name), ev.TOOL_REGISTERED, {
-            "name": entry.name, "version": str(entry.version), "source": entry.source,
-            "meta": json.loads(compact_json(entry.meta.to_dict())), "digest": entry.digest}, self.actor)
 
     def _on_tool_change(self, change: str, entry: Any) -> None:
         """A registration or removal in the registry (any thread) becomes an event, appended by
         the loop like every other event, so observers see the log in order."""
         reply = _Reply()
         try:
-            self._post(("tools", [self._tool_event(change, entry)], reply))
+            self._post(("tools", [tool_event(change, entry, self.actor)], reply))
         except EngineError:
             return  # stopping: the next engine's sync_tools records it
         if threading.current_thread() is not self._thread:
@@ -912,6 +892,8 @@ class _ObserverThread:
         try:
             self._queue.put_nowait(events)
         except queue.Full:
+            if self.dropped == 0:
+                log.warning("on_event observers fall behind; events are dropped for them")
             self.dropped += len(events)
 
     def _run(self) -> None:

@@ -43,16 +43,19 @@ def register_schedulers(register: Any) -> None:
 def register_tools(register: Any) -> None:
     """Hand over ``@task`` functions from a tool package.
 
-    Call ``register(func)`` for each decorated function; it lands in the task registry with the
-    package's name and version as its source, and the registration is recorded as an event."""
+    Call ``register(func)`` for each decorated function; it lands in the task registry with
+    ``package:<entry-point name>`` as its source and the version its ``@task`` declares, and the
+    registration is recorded as a ``ToolRegistered`` event. A hook that raises is logged and
+    skipped; the other packages' tools still register (seed 003's fail-safe rule)."""
 
 
 @hookspec
 def on_event(event: Any) -> None:
     """Observe every committed event (``maze_core.events.Event``).
 
-    Called on a dedicated thread after the event is durable, in log order. Must not block for long:
-    the queue to observers is bounded and the engine never waits for them."""
+    Called on a dedicated thread after the event is durable, in the order the engine committed
+    them. Must not block for long: the engine never waits for observers; if they fall more than
+    10,000 batches behind, further batches are dropped for them (and counted)."""
 
 
 @hookspec

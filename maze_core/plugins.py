@@ -22,7 +22,8 @@ pm.add_hookspecs(hookspecs)
 
 _lock = threading.Lock()
 _loaded = False
-_failed: dict[str, str] = {}
+_failed: dict[str, str] = {}                      # entry-point name -> why it failed to load
+_versions: dict[str, tuple[str, str]] = {}        # entry-point name -> (distribution, version)
 
 
 def allowed_plugins() -> set[str] | None:
@@ -60,8 +61,6 @@ def load_plugins() -> pluggy.PluginManager:
         _loaded = True
     return pm
 
-
-_versions: dict[str, tuple[str, str]] = {}
 
 
 def get_plugins() -> list[dict[str, Any]]:

@@ -244,3 +244,11 @@ def test_tools_lists_tools_from_a_configured_folder(tmp_path, cli_env):
     listed = {t["name"]: t for t in json.loads(out.stdout)}
     assert listed["greet"]["description"] == "Say hello"
     assert listed["greet"]["source"].startswith("dir:")
+    # listing records what is installed, once
+    maze("tools", "--json", env=env, cwd=tmp_path)
+    from maze_sqlite.store import SqliteStore
+    store = SqliteStore(tmp_path / "data" / "maze.db")
+    assert [e.type for e in store.read_stream("tool:greet")] == ["ToolRegistered"]
+    (tools / "greet.py").unlink()
+    maze("tools", "--json", env=env, cwd=tmp_path)
+    assert [e.type for e in store.read_stream("tool:greet")] == ["ToolRegistered", "ToolRemoved"]
