@@ -74,6 +74,7 @@ class _Reply:
 
 
 FUNC_CACHE_SIZE = 4096
+TIMERS_COMPACT_MIN = 10000
 
 
 def _process_started(pid: int) -> int | None:
@@ -145,6 +146,7 @@ class Engine:
         self._funcs: OrderedDict[str, Callable[..., Any]] = OrderedDict()  # blob hash -> function
         self._timers: list[tuple] = []
         self._timer_seq = itertools.count()
+        self._timers_compact_at = TIMERS_COMPACT_MIN
         self._batch: list[tuple[RunState | None, NewEvent]] = []
         self._batch_streams: set[str] = set()
         self._urgent = False                          # the batch holds more than TaskStarted events
@@ -853,6 +855,19 @@ class Engine:
     # ------------------------------------------------------------------ timers
     def _add_timer(self, when: float, kind: str, run_id: str, task_id: str, attempt: int) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_seq), kind, run_id, task_id, attempt))
+        if len(self._timers) > self._timers_compact_at:
+            # timeouts of tasks that finished long before their deadline pile up: drop them
+            self._timers = [t for t in self._timers if self._timer_live(t)]
+            heapq.heapify(self._timers)
+            self._timers_compact_at = max(TIMERS_COMPACT_MIN, 2 * len(self._timers))
+
+    def _timer_live(self, timer: tuple) -> bool:
+        _, _, kind, run_id, task_id, attempt = timer
+        state = self._runs.get(run_id)
+        task = state.tasks.get(task_id) if state else None
+        if task is None or task.attempt != attempt:
+            return False
+        return task.status == RETRYING if kind == "retry" else task.status in (QUEUED, RUNNING)
 
     def _fire_timers(self) -> None:
         now = time.monotonic()

@@ -667,3 +667,14 @@ def test_tool_events_and_observers_stay_on_the_engine_thread(config):
         assert threads and set(threads) == {"maze-engine"}
     finally:
         eng.stop()
+
+
+def test_timeouts_of_finished_tasks_do_not_pile_up(engine, monkeypatch):
+    import maze_core.engine as engine_module
+    monkeypatch.setattr(engine_module, "TIMERS_COMPACT_MIN", 50)
+    engine._timers_compact_at = 50
+    dag = DAG("many-timeouts")
+    for i in range(300):
+        dag.add_task(add, inputs={"a": i, "b": 1}, timeout=600)
+    assert engine.wait(engine.submit(dag), timeout=30)["status"] == "succeeded"
+    assert len(engine._timers) < 120     # 300 finished tasks left no 600 s timers behind
