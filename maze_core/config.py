@@ -49,10 +49,10 @@ class EngineConfig(_Section):
 
 
 class LocalConfig(_Section):
-    mode: Literal["thread", "process"] = "thread"
     cpus: float = Field(0, ge=0)  # 0: os.cpu_count()
     mem: int = Field(0, ge=0)     # MB; 0: no memory accounting
     gpus: int = Field(0, ge=0)
+    prefetch: float = Field(1.0, ge=0, le=16)  # backlog admitted per CPU beyond what runs
 
 
 class SqliteConfig(_Section):

@@ -57,7 +57,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     ("[server]\nhost = 5\n", "[server] host"),
     ("[engine]\nretries = -1\n", "[engine] retries"),
     ("[engine]\nretriez = 1\n", "[engine] retriez"),
-    ("[local]\nmode = 'fiber'\n", "[local] mode"),
+    ("[local]\ncpus = -1\n", "[local] cpus"),
     ("server = 3\n", "[server] must be a table"),
     ("[paths\n", "not valid TOML"),
 ])

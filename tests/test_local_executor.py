@@ -1,11 +1,18 @@
-"""The local executor passes the executor contract, in thread and process mode."""
+"""The local executor passes the executor contract, and keeps its own promises."""
 
 from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from maze_local import LocalExecutor
 
-from maze_core.executor import Invocation
+from maze_core.executor import Invocation, TaskUpdate
 from maze_core.resources import normalize
 from maze_core.testing.executor_contract import ExecutorContract
 
@@ -14,14 +21,6 @@ class TestLocalThreads(ExecutorContract):
     @pytest.fixture
     def executor(self):
         ex = LocalExecutor(cpus=2)
-        yield ex
-        ex.shutdown(wait=False)
-
-
-class TestLocalProcesses(ExecutorContract):
-    @pytest.fixture
-    def executor(self):
-        ex = LocalExecutor(cpus=2, mode="process")
         yield ex
         ex.shutdown(wait=False)
 
@@ -90,3 +89,203 @@ def test_cancelling_a_backlogged_task_frees_its_place():
         gate.set()
     finally:
         ex.shutdown(wait=False)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+ONE = normalize({"cpu": 1})
+
+
+class Reports:
+    """Collects an executor's reports, per task."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[TaskUpdate] = queue.Queue()
+        self.seen: dict[str, list[TaskUpdate]] = {}
+
+    def __call__(self, update: TaskUpdate) -> None:
+        self.queue.put(update)
+
+    def _pump(self, timeout: float) -> None:
+        try:
+            update = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.seen.setdefault(update.task_id, []).append(update)
+
+    def wait(self, task_id: str, kind: str = "end", timeout: float = 30.0) -> TaskUpdate:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for update in self.seen.get(task_id, []):
+                if update.kind == kind or (kind == "end" and update.kind != "started"):
+                    return update
+            self._pump(0.1)
+        raise AssertionError(f"no {kind} report for {task_id}; saw {self.kinds(task_id)}")
+
+    def kinds(self, task_id: str) -> list[str]:
+        while not self.queue.empty():
+            self._pump(0)
+        return [u.kind for u in self.seen.get(task_id, [])]
+
+
+def _inv(task_id: str, func, resources=ONE, **kwargs) -> Invocation:
+    return Invocation("r", task_id, 1, func, kwargs, resources)
+
+
+def _submit(ex: LocalExecutor, inv: Invocation) -> None:
+    assert ex.try_reserve(inv.resources), f"{inv.task_id} must be admitted"
+    ex.submit(inv)
+
+
+def _all_free(ex: LocalExecutor, prefetch: int = 0) -> bool:
+    """Every running slot and every admission slot (``prefetch`` extra per CPU) is free again."""
+    cpus = int(ex.capacity()["cpu"])
+    held = [ONE for _ in range(cpus * (1 + prefetch) + 1) if ex.try_reserve(ONE)]
+    for res in held:
+        ex.release(res)
+    return ex.available()["cpu"] == cpus and len(held) == cpus * (1 + prefetch)
+
+
+@pytest.fixture
+def threads():
+    reports = Reports()
+    ex = LocalExecutor(cpus=2)
+    ex.start(reports)
+    yield ex, reports
+    ex.shutdown(wait=False)
+
+
+# ---------------------------------------------------------------------------------------- thread mode
+def test_thread_shutdown_without_wait_returns_at_once(threads):
+    ex, reports = threads
+    gate = threading.Event()
+    _submit(ex, _inv("held", gate.wait, timeout=30))
+    reports.wait("held", "started")
+    start = time.monotonic()
+    ex.shutdown(wait=False)
+    elapsed = time.monotonic() - start
+    gate.set()
+    assert elapsed < 1.0, f"shutdown(wait=False) took {elapsed:.2f} s"
+
+
+def test_thread_shutdown_with_wait_waits_for_running_bodies_only(threads):
+    ex, reports = threads
+    abandoned = threading.Event()
+    _submit(ex, _inv("abandoned", abandoned.wait, timeout=30))
+    reports.wait("abandoned", "started")
+    ex.cancel("r", "abandoned")  # no longer the executor's business: not waited for
+    _submit(ex, _inv("nap", lambda: time.sleep(0.3)))
+    reports.wait("nap", "started")
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    elapsed = time.monotonic() - start
+    abandoned.set()
+    assert reports.kinds("nap") == ["started", "succeeded"]
+    assert elapsed < 1.0, f"shutdown(wait=True) took {elapsed:.2f} s for a 0.3 s body"
+
+
+def test_worker_threads_are_daemons_and_reused(threads):
+    ex, reports = threads
+    names = []
+    for i in range(10):
+        _submit(ex, _inv(f"t{i}", lambda: threading.current_thread()))
+        end = reports.wait(f"t{i}")
+        names.append(reports.wait(f"t{i}", "started").worker["thread"])
+        assert end.value.daemon, "a task body must run in a daemon thread"
+    assert len(set(names)) <= 2, f"idle threads are reused: {sorted(set(names))}"
+    pool = [t for t in threading.enumerate() if t.name in names]
+    assert pool and all(t.daemon for t in pool)
+
+
+def test_abandoned_bodies_do_not_starve_the_thread_pool(threads):
+    ex, reports = threads
+    ex._threads._limit = 1  # one thread may run a task at a time
+    gate = threading.Event()
+    try:
+        _submit(ex, _inv("stuck", gate.wait, timeout=30))
+        reports.wait("stuck", "started")
+        ex.cancel("r", "stuck")
+        _submit(ex, _inv("next", lambda: "ran"))
+        assert reports.wait("next").value == "ran"
+    finally:
+        gate.set()
+
+
+def test_backlog_jobs_that_cannot_start_are_reported_failed(monkeypatch):
+    reports = Reports()
+    ex = LocalExecutor(cpus=2, prefetch=1)  # admits 4 CPUs' worth, runs 2
+    ex.start(reports)
+    gate = threading.Event()
+    try:
+        _submit(ex, _inv("big", gate.wait, normalize({"cpu": 2}), timeout=30))
+        _submit(ex, _inv("b", lambda: "b"))
+        _submit(ex, _inv("c", lambda: "c"))
+        reports.wait("big", "started")
+
+        def refuse(fn):
+            raise RuntimeError("no thread for you")
+
+        monkeypatch.setattr(ex._threads, "submit", refuse)
+        gate.set()  # big ends: its worker runs b itself and must hand c to another thread
+        assert reports.wait("big").kind == "succeeded"
+        assert reports.wait("b").value == "b"
+        c = reports.wait("c")
+        assert c.kind == "failed" and c.error == "RuntimeError: could not start the task: no thread for you"
+        assert _all_free(ex, prefetch=1)
+    finally:
+        gate.set()
+        ex.shutdown(wait=False)
+
+
+def test_followers_of_a_cancel_that_cannot_start_are_reported_failed(monkeypatch):
+    reports = Reports()
+    ex = LocalExecutor(cpus=2, prefetch=1)
+    ex.start(reports)
+    gate = threading.Event()
+    try:
+        _submit(ex, _inv("big", gate.wait, normalize({"cpu": 2}), timeout=30))
+        _submit(ex, _inv("b", lambda: "b"))
+        _submit(ex, _inv("c", lambda: "c"))
+        reports.wait("big", "started")
+        def refuse(fn):
+            raise RuntimeError("full")
+
+        monkeypatch.setattr(ex._threads, "submit", refuse)
+        ex.cancel("r", "big")  # b and c may run now: handing them to threads fails
+        for tid in ("b", "c"):
+            assert reports.wait(tid).error == "RuntimeError: could not start the task: full"
+        assert reports.kinds("b") == ["failed"]
+        assert _all_free(ex, prefetch=1)
+    finally:
+        gate.set()
+        ex.shutdown(wait=False)
+
+
+# ---------------------------------------------------------------------------------------- the interpreter exits
+_EXIT_SCRIPT = """
+import queue, sys, time
+from maze_local import LocalExecutor
+from maze_core.executor import Invocation
+from maze_core.resources import normalize
+
+def body():
+    time.sleep(30)
+
+reports = queue.Queue()
+ex = LocalExecutor(cpus=1)
+ex.start(reports.put)
+one = normalize({"cpu": 1})
+assert ex.try_reserve(one)
+ex.submit(Invocation("r", "t", 1, body, {}, one))
+print(reports.get(timeout=30).worker["pid"], flush=True)
+# the main thread ends here, with the body still sleeping
+"""
+
+
+def test_the_interpreter_exits_while_a_body_still_runs():
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 5.0, f"the interpreter took {elapsed:.1f} s to exit"
+    assert done.stdout.split()[0].isdigit()      # the body had started before the main thread ended

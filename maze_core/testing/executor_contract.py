@@ -12,13 +12,17 @@ fresh, not yet started executor with at least 2 CPUs of capacity::
 
 The suite starts the executor itself and checks what the engine relies on: reports in order
 (``started`` then one end), values and errors carried back, capacity honoured, impossible requests
-named, cancellation releasing capacity.
+named, cancellation releasing capacity at once and silencing the task, ``started`` reported only
+when a body really starts. Bodies that must block wait for a file the test creates (a
+``threading.Event`` cannot reach a body in another process), so the tests hold on a loaded machine.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +31,7 @@ from maze_core.executor import Executor, Invocation, TaskUpdate
 from maze_core.resources import normalize
 
 WAIT = 30.0
+SETTLE = 0.5  # after a body certainly ended: time for a (wrong) late report to arrive
 
 
 def _add(a: int, b: int) -> dict:
@@ -40,6 +45,42 @@ def _boom(message: str) -> None:
 def _sleep(seconds: float) -> dict:
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+def _wait_for_file(release: str, marker: str = "", limit: float = 60.0) -> dict:
+    """Block until the test creates ``release`` (at most ``limit`` seconds), then write ``marker``."""
+    start = time.time()
+    deadline = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    end = time.time()
+    if marker:
+        Path(marker).write_text("ended")
+    return {"start": start, "end": end}
+
+
+def _pid_gone(pid: Any) -> bool:
+    """Whether ``pid`` names no process here any more (False when it is not another process's id)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _admissible(executor: Executor) -> int:
+    """How many 1-CPU tasks the executor admits right now (all released again)."""
+    held = []
+    one = normalize({"cpu": 1})
+    while len(held) < 100000 and executor.try_reserve(one):
+        held.append(one)
+    for res in held:
+        executor.release(res)
+    return len(held)
 
 
 class _Collector:
@@ -67,6 +108,15 @@ class _Collector:
                 return seen
             self._drain(0.5)
         raise AssertionError(f"no end report for {task_id}; saw {[u.kind for u in self.by_task.get(task_id, [])]}")
+
+    def until_started(self, task_id: str) -> TaskUpdate:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for update in self.by_task.get(task_id, []):
+                if update.kind == "started":
+                    return update
+            self._drain(0.5)
+        raise AssertionError(f"no started report for {task_id}; saw {self.kinds(task_id)}")
 
     def kinds(self, task_id: str) -> list[str]:
         while not self.updates.empty():
@@ -160,18 +210,78 @@ class ExecutorContract:
         assert reason and "CPU" in reason
         assert executor.check(normalize({"cpu": 1})) is None
 
-    def test_cancel_releases_capacity_and_suppresses_reports(self, started):
+    def test_cancel_releases_capacity_and_suppresses_reports(self, started, tmp_path):
         executor, collector = started
         total = executor.capacity()["cpu"]
-        inv = Invocation("run-contract", "t4", 1, _sleep, {"seconds": 0.5}, normalize({"cpu": total}))
+        release, marker = tmp_path / "release", tmp_path / "ended"
+        idle = _admissible(executor)
+        inv = Invocation("run-contract", "t4", 1, _wait_for_file,
+                         {"release": str(release), "marker": str(marker)}, normalize({"cpu": total}))
         assert executor.try_reserve(inv.resources)
         executor.submit(inv)
+        worker = collector.until_started("t4").worker
         executor.cancel("run-contract", "t4")
-        assert executor.try_reserve(inv.resources), "cancel must release the reservation"
-        executor.release(inv.resources)
-        time.sleep(0.8)
-        kinds = collector.kinds("t4")
-        assert "succeeded" not in kinds and "failed" not in kinds
+        assert _admissible(executor) == idle, "cancel must release the reservation at once"
+        # ...and the CPUs: a task needing all of them runs while the cancelled body still blocks
+        self._run(executor, Invocation("run-contract", "t4-next", 1, _add, {"a": 1, "b": 2},
+                                       normalize({"cpu": total})))
+        assert collector.until_end("t4-next")[-1].value == {"sum": 3}
+        # let the body end: a thread body writes the marker; a killed process never does, and its
+        # worker pid disappears. Either way the body has certainly ended before we look.
+        release.touch()
+        deadline = time.monotonic() + 10
+        while not marker.exists() and not _pid_gone(worker.get("pid")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(SETTLE)
+        assert collector.kinds("t4") == ["started"], "nothing may be reported after cancel"
+
+    def test_cancel_of_a_queued_task_never_starts_it(self, started, tmp_path):
+        executor, collector = started
+        total = executor.capacity()["cpu"]
+        release, marker = tmp_path / "release", tmp_path / "ended"
+        idle = _admissible(executor)
+        blocker = Invocation("run-contract", "blocker", 1, _wait_for_file, {"release": str(release)},
+                             normalize({"cpu": total}))
+        queued = Invocation("run-contract", "queued", 1, _wait_for_file,
+                            {"release": str(release), "marker": str(marker)}, normalize({"cpu": 1}))
+        assert executor.try_reserve(blocker.resources)
+        executor.submit(blocker)
+        if not executor.try_reserve(queued.resources):
+            executor.cancel("run-contract", "blocker")
+            release.touch()
+            pytest.skip("the executor admits no task beyond what can run at once")
+        executor.submit(queued)
+        collector.until_started("blocker")
+        executor.cancel("run-contract", "queued")
+        release.touch()
+        assert collector.until_end("blocker")[-1].kind == "succeeded"
+        assert _admissible(executor) == idle, "all capacity is free once both are gone"
+        time.sleep(SETTLE)
+        assert collector.kinds("queued") == [], "a task cancelled while queued must never start"
+        assert not marker.exists()
+
+    def test_reports_started_only_when_the_body_starts(self, started, tmp_path):
+        executor, collector = started
+        total = executor.capacity()["cpu"]
+        release = tmp_path / "release"
+        blocker = Invocation("run-contract", "first", 1, _wait_for_file, {"release": str(release)},
+                             normalize({"cpu": total}))
+        follower = Invocation("run-contract", "second", 1, _interval, {"seconds": 0.0}, normalize({"cpu": 1}))
+        assert executor.try_reserve(blocker.resources)
+        executor.submit(blocker)
+        if not executor.try_reserve(follower.resources):
+            executor.cancel("run-contract", "first")
+            release.touch()
+            pytest.skip("the executor admits no task beyond what can run at once")
+        executor.submit(follower)
+        collector.until_started("first")
+        time.sleep(SETTLE)
+        assert collector.kinds("second") == [], "no started report while the task cannot run"
+        release.touch()
+        first = collector.until_end("first")[-1]
+        second = collector.until_end("second")
+        assert [u.kind for u in second] == ["started", "succeeded"]
+        assert second[-1].value["start"] >= first.value["end"], "the second body ran while the first held the CPUs"
 
     def test_runs_tasks_concurrently_up_to_capacity(self, started):
         executor, collector = started
