@@ -80,12 +80,13 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 
 # ---------------------------------------------------------------------------- progress
 class RunProgress:
-    """Progress of runs on the engine thread's events: a rich bar on a terminal, else one line
-    per finished run."""
+    """Progress of the runs this engine submits or resumes, from its committed events: a rich bar
+    per run on a terminal, else one line per finished run. Runs are picked up from their
+    ``RunSubmitted``/``RunResumed`` events, so no task that ends early is missed."""
 
-    def __init__(self, engine: Any, enabled: bool = True):
+    def __init__(self, engine: Any, enabled: bool = True, console: Any = None):
         from rich.console import Console
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
         self.engine = engine
         self._bars: dict[str, Any] = {}
@@ -103,15 +104,26 @@ class RunProgress:
         self._unsubscribe = self.engine.subscribe(self._on_events)
         return self
 
-    def track(self, run_id: str, name: str, total: int, done: int = 0) -> None:
+    def _track(self, run_id: str, name: str, total: int, done: int) -> None:
         self._done[run_id] = done
         if self._progress is not None:
             self._bars[run_id] = self._progress.add_task(f"{name or 'run'} {run_id[:8]}", total=total,
                                                          completed=done, state="")
 
     def _on_events(self, events: list[ev.Event]) -> None:
-        for event in events:
+        for i, event in enumerate(events):
             run_id = event.run_id
+            if event.type == ev.RUN_SUBMITTED:
+                self._track(run_id, event.data.get("name", ""), len(event.data.get("tasks", {})), 0)
+                continue
+            if event.type == ev.RUN_RESUMED:
+                # the store already holds this whole batch: count the ends before this event only
+                row = self.engine.store.get_run(run_id) or {}
+                counts = row.get("task_counts", {})
+                ended = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "skipped"))
+                later = sum(1 for e in events[i + 1:] if e.run_id == run_id and e.type in ev.TASK_TERMINAL_EVENTS)
+                self._track(run_id, row.get("name", ""), row.get("tasks_total", 0), ended - later)
+                continue
             if run_id not in self._done:
                 continue
             if event.type in ev.TASK_TERMINAL_EVENTS:
@@ -238,14 +250,13 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
     engine = obj.engine(executor)
     engine.start(resume=False)
     try:
-        with RunProgress(engine, enabled=progress and not as_json) as bar:
+        with RunProgress(engine, enabled=progress and not as_json):
             try:
                 run_id = engine.submit(dag, name=name)
             except DAGValidationError as exc:
                 raise UsageFailure("invalid workflow:\n  " + "\n  ".join(exc.problems)) from None
             if not as_json:
                 click.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)", err=True)
-            bar.track(run_id, name or dag.name, len(dag.tasks))
             try:
                 run = engine.wait(run_id)
             except KeyboardInterrupt:
@@ -301,7 +312,7 @@ def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str |
     engine.start(resume=False)
     failed = False
     try:
-        with RunProgress(engine, enabled=progress) as bar:
+        with RunProgress(engine, enabled=progress):
             try:
                 report = engine.resume(list(run_ids) or None, force=force)
             except MazeError as exc:
@@ -314,11 +325,6 @@ def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str |
                 if report.skipped:
                     sys.exit(1)
                 return
-            for run_id in resumed:
-                row = engine.store.get_run(run_id) or {}
-                counts = row.get("task_counts", {})
-                done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "skipped"))
-                bar.track(run_id, row.get("name", ""), row.get("tasks_total", 0), done)
             rows = [engine.wait(run_id) for run_id in resumed]
     finally:
         engine.stop(wait=False)

@@ -117,6 +117,66 @@ def test_sigkill_mid_workflow_then_resume_finishes_without_rerunning(tmp_path, c
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
+BACKOFF_WORKFLOW = """
+import os
+from pathlib import Path
+from maze_core import DAG, task
+
+MARKS = Path(os.environ["MARKS"])
+
+@task
+def first() -> dict:
+    with open(MARKS / "first", "a") as fh:
+        fh.write("ran\\n")
+    return {"x": 1}
+
+@task(retries=3)
+def flaky(x: int) -> dict:
+    with open(MARKS / "flaky", "a") as fh:
+        fh.write("ran\\n")
+    if not (MARKS / "healed").exists():
+        raise ConnectionError("service down")
+    return {"x": x + 1}
+
+dag = DAG("backoff")
+a = dag.add_task(first)
+b = dag.add_task(flaky, inputs={"x": a.output.x})
+"""
+
+
+def test_sigkill_during_retry_backoff_then_resume_retries_without_rerunning(tmp_path, cli_env):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "wf.py").write_text(BACKOFF_WORKFLOW)
+    env = {**cli_env, "MARKS": str(marks), "MAZE_ENGINE_RETRY_BACKOFF": "30"}   # a long first backoff
+    proc = subprocess.Popen([maze_exe(), "run", "wf.py", "--no-progress"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (marks / "flaky").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    run_id = None
+    while run_id is None:   # wait until the failed attempt is on record, then kill mid-backoff
+        out = maze("events", "--json", json.loads(maze("runs", "--json", env=env, cwd=tmp_path)
+                                                  .stdout)["runs"][0]["run_id"], env=env, cwd=tmp_path)
+        types = [json.loads(line) for line in out.stdout.splitlines()]
+        if any(e["type"] == "TaskRetrying" for e in types):
+            run_id = types[0]["stream"][4:]
+        assert time.monotonic() < deadline
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    (marks / "healed").write_text("")
+    resumed = maze("resume", "--no-progress", env={**env, "MAZE_ENGINE_RETRY_BACKOFF": "0.01"}, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len((marks / "first").read_text().splitlines()) == 1
+    assert len((marks / "flaky").read_text().splitlines()) == 2          # attempt 1, then the retry
+    events = [json.loads(line) for line in maze("events", "--json", run_id, env=env, cwd=tmp_path)
+              .stdout.splitlines()]
+    queued = [e["data"]["attempt"] for e in events if e["type"] == "TaskQueued" and e["data"]["task_id"] == "t2"]
+    assert queued == [1, 2] and events[-1]["type"] == "RunSucceeded"
+
+
 HELPERS = """
 import os, time
 from pathlib import Path

@@ -678,3 +678,20 @@ def test_timeouts_of_finished_tasks_do_not_pile_up(engine, monkeypatch):
         dag.add_task(add, inputs={"a": i, "b": 1}, timeout=600)
     assert engine.wait(engine.submit(dag), timeout=30)["status"] == "succeeded"
     assert len(engine._timers) < 120     # 300 finished tasks left no 600 s timers behind
+
+
+def test_progress_bar_follows_the_run(engine):
+    import io
+
+    from rich.console import Console
+
+    from maze_core.cli import RunProgress
+    from maze_core.demo import build_demo_dag
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    with RunProgress(engine, enabled=True, console=console) as bar:
+        run_id = engine.submit(build_demo_dag(key="progress"))
+        engine.wait(run_id, timeout=30)
+        _wait_for(lambda: bar._done[run_id] == 10)
+    text = out.getvalue()
+    assert "10/10" in text and "succeeded" in text   # (intermediate states render at 10 Hz)
