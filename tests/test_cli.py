@@ -20,6 +20,23 @@ def maze(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> sub
                           timeout=timeout)
 
 
+def start_run_until(marker: Path, wf: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start ``maze run wf`` and return once ``marker`` exists (the workflow got that far)."""
+    proc = subprocess.Popen([maze_exe(), "run", wf, "--no-progress"], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"the workflow never reached {marker.name}"
+        time.sleep(0.02)
+    return proc
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 def test_demo_runs_with_fan_out_fan_in_and_a_retry(tmp_path, cli_env):
     out = maze("demo", "--json", env=cli_env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -84,15 +101,7 @@ def test_sigkill_mid_workflow_then_resume_finishes_without_rerunning(tmp_path, c
     wf = tmp_path / "wf.py"
     wf.write_text(WORKFLOW)
     env = {**cli_env, "MARKS": str(marks)}
-    proc = subprocess.Popen([maze_exe(), "run", str(wf), "--no-progress"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (marks / "gate").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the workflow never reached the gate"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    kill(start_run_until(marks / "gate", str(wf), env, tmp_path))
 
     runs = json.loads(maze("runs", "--json", env=env, cwd=tmp_path).stdout)["runs"]
     assert [r["status"] for r in runs] == ["running"]
@@ -149,13 +158,8 @@ def test_sigkill_during_retry_backoff_then_resume_retries_without_rerunning(tmp_
     marks.mkdir()
     (tmp_path / "wf.py").write_text(BACKOFF_WORKFLOW)
     env = {**cli_env, "MARKS": str(marks), "MAZE_ENGINE_RETRY_BACKOFF": "30"}   # a long first backoff
-    proc = subprocess.Popen([maze_exe(), "run", "wf.py", "--no-progress"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run_until(marks / "flaky", "wf.py", env, tmp_path)
     deadline = time.monotonic() + 30
-    while not (marks / "flaky").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
     run_id = None
     while run_id is None:   # wait until the failed attempt is on record, then kill mid-backoff
         out = maze("events", "--json", json.loads(maze("runs", "--json", env=env, cwd=tmp_path)
@@ -164,8 +168,7 @@ def test_sigkill_during_retry_backoff_then_resume_retries_without_rerunning(tmp_
         if any(e["type"] == "TaskRetrying" for e in types):
             run_id = types[0]["stream"][4:]
         assert time.monotonic() < deadline
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    kill(proc)
     (marks / "healed").write_text("")
     resumed = maze("resume", "--no-progress", env={**env, "MAZE_ENGINE_RETRY_BACKOFF": "0.01"}, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -208,15 +211,7 @@ def test_resume_from_elsewhere_loads_functions_from_sibling_modules(tmp_path, cl
     marks = tmp_path / "marks"
     marks.mkdir()
     env = {**cli_env, "MARKS": str(marks)}
-    proc = subprocess.Popen([maze_exe(), "run", "wf.py", "--no-progress"], env=env, cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (marks / "started").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    kill(start_run_until(marks / "started", "wf.py", env, project))
     (marks / "open").write_text("")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from maze_local import LocalExecutor
 
-from maze_core.executor import Invocation, TaskUpdate
+from maze_core.executor import Invocation
 from maze_core.resources import normalize
 from maze_core.testing.executor_contract import ExecutorContract
+from maze_core.testing.executor_contract import ReportCollector as Reports
 
 
 class TestLocalThreads(ExecutorContract):
@@ -93,38 +94,6 @@ def test_cancelling_a_backlogged_task_frees_its_place():
 
 # ---------------------------------------------------------------------------------------- helpers
 ONE = normalize({"cpu": 1})
-
-
-class Reports:
-    """Collects an executor's reports, per task."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[TaskUpdate] = queue.Queue()
-        self.seen: dict[str, list[TaskUpdate]] = {}
-
-    def __call__(self, update: TaskUpdate) -> None:
-        self.queue.put(update)
-
-    def _pump(self, timeout: float) -> None:
-        try:
-            update = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return
-        self.seen.setdefault(update.task_id, []).append(update)
-
-    def wait(self, task_id: str, kind: str = "end", timeout: float = 30.0) -> TaskUpdate:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for update in self.seen.get(task_id, []):
-                if update.kind == kind or (kind == "end" and update.kind != "started"):
-                    return update
-            self._pump(0.1)
-        raise AssertionError(f"no {kind} report for {task_id}; saw {self.kinds(task_id)}")
-
-    def kinds(self, task_id: str) -> list[str]:
-        while not self.queue.empty():
-            self._pump(0)
-        return [u.kind for u in self.seen.get(task_id, [])]
 
 
 def _inv(task_id: str, func, resources=ONE, **kwargs) -> Invocation:

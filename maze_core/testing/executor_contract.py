@@ -83,8 +83,9 @@ def _admissible(executor: Executor) -> int:
     return len(held)
 
 
-class _Collector:
-    """Keeps every report, per task, whichever order they arrive in."""
+class ReportCollector:
+    """An executor's ``report`` callback for tests: keeps every report, per task, whichever order
+    they arrive in."""
 
     def __init__(self) -> None:
         self.updates: queue.Queue[TaskUpdate] = queue.Queue()
@@ -118,6 +119,17 @@ class _Collector:
             self._drain(0.5)
         raise AssertionError(f"no started report for {task_id}; saw {self.kinds(task_id)}")
 
+    def wait(self, task_id: str, kind: str = "end", timeout: float = WAIT) -> TaskUpdate:
+        """The first report of ``kind`` (``started``, ``succeeded``, ``failed`` or ``end``: either
+        of the last two) for ``task_id``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for update in self.by_task.get(task_id, []):
+                if update.kind == kind or (kind == "end" and update.kind != "started"):
+                    return update
+            self._drain(0.1)
+        raise AssertionError(f"no {kind} report for {task_id}; saw {self.kinds(task_id)}")
+
     def kinds(self, task_id: str) -> list[str]:
         while not self.updates.empty():
             self._drain(0)
@@ -134,7 +146,7 @@ class ExecutorContract:
 
     @pytest.fixture
     def started(self, executor: Executor):
-        collector = _Collector()
+        collector = ReportCollector()
         executor.start(collector)
         yield executor, collector
 
