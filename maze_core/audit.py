@@ -6,6 +6,7 @@ Both read the store through its public interface only, so they check third-party
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +28,32 @@ class VerifyReport:
     problem: str | None = None
 
 
-def verify_chain(store: EventStore) -> VerifyReport:
+Progress = Callable[[int, int], None]  # (events read, events in the log)
+
+
+def _read(store: EventStore, progress: Progress | None, every: int = 5000) -> Iterator[Any]:
+    total = store.last_seq() if progress else 0
+    for n, event in enumerate(store.iter_all(), 1):
+        if progress and n % every == 0:
+            progress(n, total)
+        yield event
+    if progress:
+        progress(total, total)
+
+
+def verify_chain(store: EventStore, progress: Progress | None = None) -> VerifyReport:
     """Recompute the hash chain over the whole log and stop at the first problem.
 
     Checks that seq runs 1, 2, 3... without gaps, that each stream's versions run 1, 2, 3..., that
     every hash is ``chain_hash`` of the previous hash and the event, and finally that each stream
     ends at the version the store records (which catches events dropped from the end of a stream).
     Editing, dropping or reordering events is therefore detected; dropping the very last events of the
-    log together with their stream versions cannot be, without an anchor kept elsewhere."""
+    log together with their stream versions cannot be, without an anchor kept elsewhere.
+    ``progress(read, total)`` is called every few thousand events."""
     prev_hash = GENESIS_HASH
     versions: dict[str, int] = {}
     count = 0
-    for event in store.iter_all():
+    for event in _read(store, progress):
         count += 1
         if event.seq != count:
             problem = (f"seq {count} is missing (the log goes on at seq {event.seq})" if event.seq > count
@@ -65,11 +80,11 @@ def verify_chain(store: EventStore) -> VerifyReport:
     return VerifyReport(True, count)
 
 
-def replay_check(store: EventStore) -> list[str]:
+def replay_check(store: EventStore, progress: Progress | None = None) -> list[str]:
     """Differences between the stored projections and a fold of the log alone; [] when they agree.
 
-    Every column is compared with ``==`` (floats exactly)."""
-    expected = fold(store.iter_all())
+    Every column is compared with ``==`` (floats exactly). ``progress`` as for ``verify_chain``."""
+    expected = fold(_read(store, progress))
     problems: list[str] = []
     for table, (keys, cols) in TABLES.items():
         want = expected[table]

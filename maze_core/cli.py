@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a run ended failed or cancelled, or an operation failed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -145,6 +146,20 @@ class RunProgress:
             self._unsubscribe()
         if self._progress is not None:
             self._progress.stop()
+
+
+@contextlib.contextmanager
+def _log_progress(what: str):
+    """A ``progress(done, total)`` callback drawing a bar on a terminal (nothing elsewhere)."""
+    from rich.console import Console
+    from rich.progress import Progress
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(console=console, transient=True) as bar:
+        task_id = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task_id, completed=done, total=total)
 
 
 # ---------------------------------------------------------------------------- output helpers
@@ -415,7 +430,8 @@ def events_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
 def events_verify(obj: _Ctx) -> None:
     """Prove that no event was edited, dropped or reordered (recompute the hash chain)."""
     from .audit import verify_chain
-    report = verify_chain(obj.store())
+    with _log_progress("verifying the hash chain") as progress:
+        report = verify_chain(obj.store(), progress)
     if report.ok:
         click.echo(f"ok: {report.events} events, hash chain intact")
         return
@@ -429,7 +445,8 @@ def events_replay(obj: _Ctx, fix: bool) -> None:
     """Fold the whole log again and compare with the stored projections."""
     from .audit import replay_check
     store = obj.store()
-    diffs = replay_check(store)
+    with _log_progress("replaying the log") as progress:
+        diffs = replay_check(store, progress)
     if not diffs:
         click.echo("ok: projections match the log")
         return

@@ -121,3 +121,18 @@ def test_unknown_event_types_are_chained_too(store: SqliteStore) -> None:
     assert verify_chain(store).ok
     tamper(store, """UPDATE events SET data = '{"x":[1,2.5,null,4]}' WHERE stream = 'session:s1'""")
     assert verify_chain(store).first_bad_seq == 11
+
+
+def test_audits_report_progress_over_the_whole_log(tmp_path):
+    from maze_core.audit import replay_check, verify_chain
+    from maze_core.events import NewEvent
+    from maze_sqlite.store import SqliteStore
+    store = SqliteStore(tmp_path / "p.db")
+    store.append([NewEvent(f"tool:t{i}", "ToolRemoved", {"name": f"t{i}", "reason": "x"})
+                  for i in range(12000)])
+    seen: list[tuple[int, int]] = []
+    assert verify_chain(store, lambda done, total: seen.append((done, total))).ok
+    assert seen == [(5000, 12000), (10000, 12000), (12000, 12000)]
+    seen.clear()
+    assert replay_check(store, lambda done, total: seen.append((done, total))) == []
+    assert seen[-1] == (12000, 12000)
