@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from maze_sqlite.store import SqliteStore
 
 from maze_core.audit import VerifyReport, replay_check, verify_chain
 from maze_core.events import NewEvent
 from maze_core.testing.store_contract import finished_task, run_ended, run_submitted, tool_registered
+from maze_sqlite.store import SqliteStore
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from maze_daps import FifoScheduler
-
 from maze_core.resources import normalize
 from maze_core.scheduler import ReadyTask
+from maze_daps import FifoScheduler
 
 
 def ready(task_id: str, cpu: float = 1, run: str = "r") -> ReadyTask:

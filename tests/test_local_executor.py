@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from maze_local import LocalExecutor
 
 from maze_core.executor import Invocation
 from maze_core.resources import normalize
 from maze_core.testing.executor_contract import ExecutorContract
 from maze_core.testing.executor_contract import ReportCollector as Reports
+from maze_local import LocalExecutor
 
 
 class TestLocalThreads(ExecutorContract):

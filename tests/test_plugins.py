@@ -51,3 +51,18 @@ def test_allowed_plugins_parses_the_environment(monkeypatch):
     assert plugins.allowed_plugins() == {"sqlite", "local"}
     monkeypatch.setenv("MAZE_LOAD_PLUGINS", "")
     assert plugins.allowed_plugins() == set()
+
+
+def test_the_core_imports_no_ray_and_no_fastapi():
+    import subprocess
+    import sys
+    code = ("import sys, pkgutil, importlib, maze_core\n"
+            "for m in pkgutil.walk_packages(maze_core.__path__, 'maze_core.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "import maze_core.engine, maze_core.cli\n"
+            "from maze_core.plugins import load_plugins; load_plugins()\n"
+            "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('ray', 'fastapi', 'uvicorn', 'starlette'))\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from maze_sqlite import store as sqlite_store
-from maze_sqlite.store import SqliteStore
 
 from maze_core import plugins
 from maze_core.audit import replay_check, verify_chain
@@ -22,6 +20,8 @@ from maze_core.events import NewEvent
 from maze_core.projections import TABLES
 from maze_core.store import EventStore, blob_hash
 from maze_core.testing.store_contract import EventStoreContract, finished_task, run_submitted
+from maze_sqlite import store as sqlite_store
+from maze_sqlite.store import SqliteStore
 
 
 class TestSqliteStore(EventStoreContract):
