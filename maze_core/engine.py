@@ -143,6 +143,7 @@ class Engine:
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._runs: dict[str, RunState] = {}          # active runs, owned by the loop thread
         self._live: dict[str, dict[str, Any]] = {}    # run -> task -> result value (cache)
+        self._unserved: dict[str, dict[str, int]] = {}  # run -> task -> consumers not yet dispatched
         self._funcs: OrderedDict[str, Callable[..., Any]] = OrderedDict()  # blob hash -> function
         self._timers: list[tuple] = []
         self._timer_seq = itertools.count()
@@ -627,6 +628,7 @@ class Engine:
     def _forget_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
         self._live.pop(run_id, None)
+        self._unserved.pop(run_id, None)
         self._touched.pop(run_id, None)
         keep = []
         for inv in self._to_submit:
@@ -656,6 +658,7 @@ class Engine:
                 log.info("run finished", run_id=run_id, status=event.data.get("status"))
                 self._runs.pop(run_id, None)
                 self._live.pop(run_id, None)
+                self._unserved.pop(run_id, None)
                 ended = True
         for callback in list(self._subscribers):
             try:
@@ -690,6 +693,8 @@ class Engine:
                               tb_mod.format_exc(), None)
                 continue
             self._emit(state, ev.TASK_QUEUED, {"task_id": ready.task_id, "attempt": attempt})
+            if attempt == 1:
+                self._served(state.run_id, spec.get("dependencies") or ())
             self._to_submit.append(Invocation(
                 state.run_id, ready.task_id, attempt, func, kwargs, spec["resources"],
                 spec.get("timeout"), spec["func_name"]))
@@ -723,12 +728,28 @@ class Engine:
         live = self._live.setdefault(state.run_id, {})
         outputs = {}
         for dep in deps:
-            if dep not in live:
-                t = state.tasks[dep]
-                live[dep] = results.decode(None if t.result is _MISSING else t.result,
-                                           t.result_ref, self.store.get_blob)
-            outputs[dep] = live[dep]
+            if dep in live:
+                outputs[dep] = live[dep]
+                continue
+            t = state.tasks[dep]
+            outputs[dep] = results.decode(None if t.result is _MISSING else t.result,
+                                          t.result_ref, self.store.get_blob)
+            if self._unserved.get(state.run_id, {}).get(dep, 1) > 0:
+                live[dep] = outputs[dep]   # after a resume: consumers may still come
         return copy.deepcopy(resolve_inputs(spec["inputs"], state.tasks.keys(), outputs))
+
+    def _served(self, run_id: str, deps: Iterable[str]) -> None:
+        """A consumer of ``deps`` was dispatched for the first time: once every consumer of a
+        result has been, the engine stops holding it (a retry decodes it from the log again)."""
+        unserved = self._unserved.get(run_id)
+        if unserved is None:
+            return
+        for dep in deps:
+            if dep not in unserved:
+                continue
+            unserved[dep] = max(unserved[dep] - 1, 0)
+            if unserved[dep] == 0:   # 0 stays: "served", so a retry's decode is not cached again
+                self._live.get(run_id, {}).pop(dep, None)
 
     # ------------------------------------------------------------------ executor reports
     def _on_update(self, u: TaskUpdate) -> None:
@@ -757,7 +778,10 @@ class Engine:
                                    retryable=False)
                 return
             self._blobs.update(blobs)
-            self._live.setdefault(state.run_id, {})[u.task_id] = u.value
+            children = task.children
+            if children:  # kept for the consumers to come, not beyond
+                self._live.setdefault(state.run_id, {})[u.task_id] = u.value
+                self._unserved.setdefault(state.run_id, {})[u.task_id] = len(children)
             self._emit(state, ev.TASK_SUCCEEDED, {"task_id": u.task_id, "attempt": u.attempt,
                                                   "duration_s": duration, **fields})
         else:

@@ -695,3 +695,25 @@ def test_progress_bar_follows_the_run(engine):
         _wait_for(lambda: bar._done[run_id] == 10)
     text = out.getvalue()
     assert "10/10" in text and "succeeded" in text   # (intermediate states render at 10 Hz)
+
+
+def test_results_are_released_once_every_consumer_was_dispatched(engine):
+    calls["mutate"] = 0
+    dag = DAG("release")
+    src = dag.add_task(make_items)
+    a = dag.add_task(append_to, inputs={"items": src.output["items"], "tag": "a"})
+    b = dag.add_task(append_to, inputs={"items": src.output["items"], "tag": "b"})
+    # a retried consumer decodes its input from the log again once the cache let it go
+    retried = dag.add_task(mutate_then_fail, inputs={"items": a.output["items"]})
+    gates["rel"] = threading.Event()
+    held = dag.add_task(wait_gate, inputs={"name": "rel"})
+    try:
+        run_id = engine.submit(dag)
+        _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("succeeded", 0) >= 4)
+        assert engine._live[run_id] == {}          # src, a and b were all consumed; held has no consumer
+    finally:
+        gates["rel"].set()
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, retried) == {"seen": [1, "a", "x"]}
+    assert engine.result(run_id, b) == {"items": [1, "b"]} and held
+    assert run_id not in engine._live and run_id not in engine._unserved
