@@ -82,7 +82,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 # ---------------------------------------------------------------------------- progress
 class RunProgress:
     """Progress of the runs this engine submits or resumes, from its committed events: a rich bar
-    per run on a terminal, else one line per finished run. Runs are picked up from their
+    per run on a terminal (the commands print the outcome themselves). Runs are picked up from their
     ``RunSubmitted``/``RunResumed`` events, so no task that ends early is missed."""
 
     def __init__(self, engine: Any, enabled: bool = True, console: Any = None):
@@ -138,8 +138,6 @@ class RunProgress:
                 status = event.data.get("status")
                 if run_id in self._bars:
                     self._progress.update(self._bars[run_id], state=status)
-                else:
-                    self.console.print(f"run {run_id} {status}")
 
     def __exit__(self, *exc: object) -> None:
         if self._unsubscribe:
@@ -192,14 +190,15 @@ def _task_results(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _print_run(store: Any, run_id: str, as_json: bool) -> dict[str, Any]:
+def _print_run(store: Any, run_id: str, as_json: bool) -> dict[str, dict[str, Any]]:
+    """Print one run with every task; return the tasks (status, result or error) by id."""
     run = store.get_run(run_id)
     if run is None:
         raise click.ClickException(f"run {run_id!r} does not exist")
     tasks = _task_results(store, run_id)
     if as_json:
         _echo_json({**run, "tasks": tasks})
-        return run
+        return tasks
     from rich.console import Console
     from rich.table import Table
     console = Console()
@@ -213,7 +212,7 @@ def _print_run(store: Any, run_id: str, as_json: bool) -> dict[str, Any]:
         secs = f"{t['duration_s']:.3f}" if t["duration_s"] is not None else "-"
         table.add_row(tid, t["name"], t["status"], str(t["attempt"]), secs, detail or "")
     console.print(table)
-    return run
+    return tasks
 
 
 # ---------------------------------------------------------------------------- maze run / demo / resume
@@ -280,10 +279,10 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
                 sys.exit(130)
     finally:
         engine.stop(wait=False)
-    _print_run(engine.store, run_id, as_json)
+    tasks = _print_run(engine.store, run_id, as_json)
     if not as_json and run["status"] == "succeeded":
         for sink in dag.sinks():
-            click.echo(f"{sink} -> {json.dumps(engine.result(run_id, sink), default=repr, ensure_ascii=False)}")
+            click.echo(f"{sink} -> {json.dumps(tasks[sink].get('result'), ensure_ascii=False)}")
     if run["status"] != "succeeded":
         sys.exit(1)
 

@@ -45,7 +45,8 @@ class EngineConfig(_Section):
     inline_result_limit: int = Field(65536, ge=0)
     max_batch: int = Field(2000, ge=1)
     validate_events: bool = False
-    resume_on_start: bool = True
+    resume_on_start: bool = False
+    max_interruptions: int = Field(3, ge=0)
 
 
 class LocalConfig(_Section):

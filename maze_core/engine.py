@@ -138,6 +138,7 @@ class Engine:
         ec = self.config.engine
         self._backoff, self._backoff_max = ec.retry_backoff, ec.retry_backoff_max
         self._inline_limit, self._max_batch = ec.inline_result_limit, ec.max_batch
+        self._max_interruptions = ec.max_interruptions
         self._validate_events = ec.validate_events
         self._driver = _driver()
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -367,8 +368,13 @@ class Engine:
             ref = task.spec.get("func_ref")
             try:
                 if ref is None:
-                    if self._registered_tool(task.spec["func_name"]) is None:
+                    tool = self._registered_tool(task.spec["func_name"])
+                    if tool is None:
                         return f"task {tid}: tool {task.spec['func_name']!r} is not registered here"
+                    recorded = task.spec.get("tool_version")
+                    if not force and recorded is not None and str(tool.version) != recorded:
+                        return (f"task {tid}: tool {task.spec['func_name']!r} is version {tool.version} "
+                                f"here, the run used {recorded} (use force to run it anyway)")
                 elif ref not in funcs and ref not in self._funcs:
                     funcs[ref] = cloudpickle.loads(self.store.get_blob(ref))
             except Exception as exc:
@@ -383,14 +389,16 @@ class Engine:
             while True:
                 if self._failure is not None:
                     raise EngineError(f"the engine stopped after an error: {self._failure}")
-                if run_id not in self._runs:  # finished (or never ours): the store knows
+                stopped = self._state in ("stopping", "stopped")
+                if stopped or run_id not in self._runs:  # finished, never ours, or no one drives it
                     row = self.store.get_run(run_id)
                     if row is None:
                         raise NotFoundError(f"run {run_id!r} does not exist")
                     if row["status"] in RUN_FINISHED:
                         return row
-                    if self._thread is None or self._failure is not None:
-                        raise EngineError(f"the engine stopped while run {run_id} was {row['status']}")
+                    if stopped or self._state == "new":
+                        raise EngineError(f"the engine is {self._state} and run {run_id} is "
+                                          f"{row['status']}; resume it with a running engine")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"run {run_id} did not finish within {timeout}s")
@@ -411,7 +419,8 @@ class Engine:
         raise RunStateError(f"task {task_id} of run {run_id} has no result: it is {state.tasks[task_id].status}")
 
     def subscribe(self, callback: Callable[[list[ev.Event]], None]) -> Callable[[], None]:
-        """Call ``callback(events)`` on the engine thread after each commit (keep it quick)."""
+        """Call ``callback(events)`` on the engine thread after each commit. Keep it quick, and
+        treat the events as read-only: their payloads are the engine's own."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
@@ -778,10 +787,10 @@ class Engine:
                                    retryable=False)
                 return
             self._blobs.update(blobs)
-            children = task.children
-            if children:  # kept for the consumers to come, not beyond
-                self._live.setdefault(state.run_id, {})[u.task_id] = u.value
-                self._unserved.setdefault(state.run_id, {})[u.task_id] = len(children)
+            if task.children:  # kept for the consumers to come, not beyond: exactly what the log holds
+                self._live.setdefault(state.run_id, {})[u.task_id] = results.decode(
+                    fields.get("result"), fields.get("result_ref"), blobs.__getitem__)
+                self._unserved.setdefault(state.run_id, {})[u.task_id] = len(task.children)
             self._emit(state, ev.TASK_SUCCEEDED, {"task_id": u.task_id, "attempt": u.attempt,
                                                   "duration_s": duration, **fields})
         else:
@@ -855,9 +864,20 @@ class Engine:
         requeued_set = set(requeued)
         for tid, t in state.tasks.items():
             if tid in requeued_set:
+                if t.interruptions > self._max_interruptions:
+                    # it keeps taking its process down (a segfault, the OOM killer): give up on it
+                    self.scheduler.remove(state.run_id, tid)
+                    self._give_up(state, tid, t.attempt + 1,
+                                  f"WorkerLost: the process running task {tid} died "
+                                  f"{t.interruptions} times while running it", None, None)
                 continue
             if (t.status == PENDING and t.waiting == 0) or t.status == RETRYING:
                 self._make_ready(state, tid)
+        # consumers still to be dispatched, so that results are released after them
+        self._unserved[state.run_id] = {
+            tid: sum(1 for c in t.children if state.tasks[c].status in (PENDING, RETRYING)
+                     and state.tasks[c].attempt == 0)
+            for tid, t in state.tasks.items() if t.status == "succeeded" and t.children}
         log.info("run resumed", run_id=state.run_id, requeued=requeued, open=state.open)
         return state.run_id
 
@@ -928,6 +948,8 @@ class _ObserverThread:
         return cls(hook) if hook.get_hookimpls() else None
 
     def put(self, events: list[ev.Event]) -> None:
+        # observers run on their own thread: they get copies, never the engine's own payloads
+        events = [e._replace(data=copy.deepcopy(e.data)) for e in events]
         try:
             self._queue.put_nowait(events)
         except queue.Full:

@@ -27,7 +27,6 @@ class Invocation:
     resources: dict[str, Any]           # canonical form, see maze_core.resources.normalize
     timeout: float | None = None
     func_name: str = ""
-    workdir: str | None = None
 
 
 @dataclass(slots=True)

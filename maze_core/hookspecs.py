@@ -54,7 +54,7 @@ def on_event(event: Any) -> None:
     """Observe every committed event (``maze_core.events.Event``).
 
     Called on a dedicated thread after the event is durable, in the order the engine committed
-    them. Must not block for long: the engine never waits for observers; if they fall more than
+    them, with a copy of the event's payload. Must not block for long: the engine never waits for observers; if they fall more than
     10,000 batches behind, further batches are dropped for them (and counted)."""
 
 

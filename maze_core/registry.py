@@ -416,7 +416,8 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, ToolEntry] = {}
         self._listeners: list[Listener] = []
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()       # the entries; readers (the engine loop) take it
+        self._announce = threading.Lock()    # orders change announcements; readers never take it
 
     def register_task(self, func: Callable[..., Any], source: str = "manual",
                       version: str | None = None) -> TaskMeta:
@@ -434,20 +435,22 @@ class ToolRegistry:
             meta = meta.model_copy(update={"version": version})
         digest = hashlib.sha256((canonical_json(meta.to_dict()) + source).encode()).hexdigest()
         entry = ToolEntry(meta.name, func, meta, source, meta.version, digest)
-        with self._lock:
-            if meta.name in self._entries:
-                logger.warning("task %r re-registered; overwriting", meta.name)
-            self._entries[meta.name] = entry
-            logger.info("Successfully registered task: %s", meta.name)
-            self._notify("registered", entry)
+        with self._announce:   # listeners hear of changes in the order they were made
+            with self._lock:
+                if meta.name in self._entries:
+                    logger.warning("task %r re-registered; overwriting", meta.name)
+                self._entries[meta.name] = entry
+                logger.info("Successfully registered task: %s", meta.name)
+            self._notify("registered", entry)   # outside _lock: a listener may wait on a reader
         return meta
 
     def unregister(self, name: str, reason: str = "removed") -> ToolEntry:
         """Remove a tool (``NotFoundError`` if unknown); listeners see ``reason`` on the entry."""
-        with self._lock:
-            entry = self.get(name)
-            del self._entries[name]
-            logger.info("Removed task: %s (%s)", name, reason)
+        with self._announce:
+            with self._lock:
+                entry = self.get(name)
+                del self._entries[name]
+                logger.info("Removed task: %s (%s)", name, reason)
             self._notify("removed", replace(entry, reason=reason))
         return entry
 

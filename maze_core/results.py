@@ -49,7 +49,9 @@ def encode(value: Any, inline_limit: int) -> tuple[dict[str, Any], dict[str, byt
         except (ValueError, UnicodeEncodeError) as exc:  # huge ints, lone surrogates
             raise ResultEncodingError(f"result cannot be stored as JSON: {exc}") from exc
         if len(data) <= inline_limit:
-            return {"result": value}, {}
+            # a private copy: what the task returned may still change under other references;
+            # the event, the run state and downstream tasks must see what the log records
+            return {"result": json.loads(data)}, {}
         digest = blob_hash(data)
         return {"result_ref": {"hash": digest, "encoding": "json", "size": len(data),
                                "type": type(value).__name__}}, {digest: data}

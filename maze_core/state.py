@@ -37,10 +37,7 @@ class TaskState:
     result_ref: dict[str, Any] | None = None
     error: str | None = None
     traceback: str | None = None
-
-    @property
-    def has_result(self) -> bool:
-        return self.result is not _MISSING or self.result_ref is not None
+    interruptions: int = 0          # times a crash of the driving process cut this task off
 
 
 class RunState:
@@ -88,6 +85,7 @@ class RunState:
                 task = self.tasks[tid]
                 task.status = PENDING
                 task.attempt = max(task.attempt - 1, 0)
+                task.interruptions += 1
                 if task.waiting == 0:
                     ready.append(tid)
             return ready

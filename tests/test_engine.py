@@ -311,7 +311,7 @@ def test_resume_after_an_engine_stopped_midway_does_not_rerun_finished_tasks(con
     gates["r1"].set()
 
     second = Engine.from_config(config, registry=registry)
-    resumed = second.start()
+    resumed = second.start(resume=True)
     try:
         assert resumed == [run_id]
         assert second.wait(run_id, timeout=20)["status"] == "succeeded"
@@ -717,3 +717,103 @@ def test_results_are_released_once_every_consumer_was_dispatched(engine):
     assert engine.result(run_id, retried) == {"seen": [1, "a", "x"]}
     assert engine.result(run_id, b) == {"items": [1, "b"]} and held
     assert run_id not in engine._live and run_id not in engine._unserved
+
+
+def test_registering_a_tool_while_the_engine_dispatches_tools_does_not_deadlock(config):
+    registry = ToolRegistry()
+    registry.register_task(add)
+    eng = Engine.from_config(config, registry=registry)
+    eng.start()
+    try:
+        stop = threading.Event()
+
+        def churn():
+            while not stop.is_set():
+                registry.register_task(double)
+                registry.unregister("double")
+
+        churner = threading.Thread(target=churn)
+        churner.start()
+        for i in range(20):
+            dag = DAG(f"tools-{i}")
+            dag.add_task(add, inputs={"a": i, "b": 1})   # a registered tool: the loop asks the registry
+            assert eng.wait(eng.submit(dag), timeout=20)["status"] == "succeeded"
+        stop.set()
+        churner.join(10)
+        assert not churner.is_alive()
+    finally:
+        stop.set()
+        eng.stop()
+
+
+def test_result_values_are_the_logged_ones_even_if_the_returned_object_changes(engine):
+    from maze_core.engine import EngineError
+    shared = {"v": 1}
+
+    @task
+    def give() -> dict:
+        return shared
+
+    @task
+    def take(v: int, n: int) -> dict:
+        return {"v": v}
+
+    gates["mut"] = threading.Event()
+    dag = DAG("aliasing")
+    g = dag.add_task(give)
+    gate = dag.add_task(wait_gate, inputs={"name": "mut"})
+    t = dag.add_task(take, inputs={"v": g.output.v, "n": gate.output.n})   # runs after the change
+    try:
+        run_id = engine.submit(dag)
+        _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("succeeded", 0) >= 1)
+        shared["v"] = 999          # the returned object changes after the task returned
+    finally:
+        gates["mut"].set()
+    assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
+    assert engine.result(run_id, g) == {"v": 1}
+    assert engine.result(run_id, t) == {"v": 1}
+    # and a waiter on an engine that stops before the run ends is told, not left waiting
+    gates["stuck"] = threading.Event()
+    stuck = DAG("stuck")
+    stuck.add_task(wait_gate, inputs={"name": "stuck"})
+    stuck_id = engine.submit(stuck)
+    stopper = threading.Timer(0.3, lambda: engine.stop(wait=False))
+    stopper.start()
+    try:
+        with pytest.raises(EngineError, match="resume it"):
+            engine.wait(stuck_id, timeout=10)
+    finally:
+        gates["stuck"].set()
+        stopper.join()
+
+
+def test_a_task_that_keeps_killing_its_process_fails_as_worker_lost(config):
+    from maze_core.events import NewEvent
+    from maze_core.resources import normalize
+    config.engine.max_interruptions = 2
+    registry = ToolRegistry()
+    registry.register_task(add)
+    eng = Engine.from_config(config, registry=registry)
+    eng.start()
+    try:
+        spec = {"func_name": "add", "task_name": None, "func_ref": None, "tool_version": None,
+                "dependencies": [], "inputs": {"a": 1, "b": 1}, "resources": normalize(None),
+                "retries": 5, "timeout": None}
+        after = {**spec, "dependencies": ["t1"], "inputs": {"a": "t1.output.sum", "b": 1}}
+        stream = ev.run_stream("crashy")
+        dead = {"host": "gone", "pid": 1, "started": 0}
+        eng.store.append([NewEvent(stream, ev.RUN_SUBMITTED, {"name": "crashy", "driver": dead,
+                                                               "tasks": {"t1": spec, "t2": after}})])
+        # the task was running each time its process died: twice, and a third time
+        for _ in range(3):
+            eng.store.append([NewEvent(stream, ev.TASK_QUEUED, {"task_id": "t1", "attempt": 1}),
+                              NewEvent(stream, ev.TASK_STARTED, {"task_id": "t1", "attempt": 1}),
+                              NewEvent(stream, ev.RUN_RESUMED, {"driver": dead, "requeued": ["t1"]})])
+        eng.store.append([NewEvent(stream, ev.TASK_QUEUED, {"task_id": "t1", "attempt": 1})])
+        assert eng.resume(["crashy"]).resumed == ["crashy"]
+        row = eng.wait("crashy", timeout=20)
+        assert row["status"] == "failed" and "WorkerLost" in row["error"] and "4 times" in row["error"]
+        assert {t["task_id"]: t["status"] for t in eng.store.list_tasks("crashy")} == {
+            "t1": "failed", "t2": "skipped"}
+    finally:
+        eng.stop()

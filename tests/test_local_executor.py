@@ -258,3 +258,47 @@ def test_the_interpreter_exits_while_a_body_still_runs():
     assert done.returncode == 0, done.stderr
     assert elapsed < 5.0, f"the interpreter took {elapsed:.1f} s to exit"
     assert done.stdout.split()[0].isdigit()      # the body had started before the main thread ended
+
+
+def test_backlog_lets_a_small_task_pass_a_big_one():
+    reports = Reports()
+    ex = LocalExecutor(cpus=2, prefetch=1)
+    ex.start(reports)
+    gate = threading.Event()
+    try:
+        _submit(ex, _inv("long", gate.wait, ONE, timeout=30))          # holds 1 of 2 CPUs
+        reports.wait("long", "started")
+        _submit(ex, _inv("big", lambda: "big", normalize({"cpu": 2})))  # must wait for both CPUs
+        _submit(ex, _inv("small", lambda: "small"))                      # fits the free CPU now
+        assert reports.wait("small").value == "small"
+        assert reports.kinds("big") == []
+        gate.set()
+        assert reports.wait("big").value == "big"
+    finally:
+        gate.set()
+        ex.shutdown(wait=False)
+
+
+def test_a_big_task_that_waited_too_long_is_no_longer_passed(monkeypatch):
+    import maze_local.executor as module
+    monkeypatch.setattr(module, "BACKFILL_PATIENCE_S", 0.2)
+    reports = Reports()
+    ex = LocalExecutor(cpus=2, prefetch=2)
+    ex.start(reports)
+    gate, small_gate = threading.Event(), threading.Event()
+    try:
+        _submit(ex, _inv("long", gate.wait, ONE, timeout=30))
+        reports.wait("long", "started")
+        _submit(ex, _inv("big", lambda: "big", normalize({"cpu": 2})))
+        time.sleep(0.3)                                   # big has now waited past its patience
+        _submit(ex, _inv("late", small_gate.wait, ONE, timeout=30))
+        time.sleep(0.2)
+        assert reports.kinds("late") == []               # the free CPU is kept for big
+        gate.set()
+        assert reports.wait("big").value == "big"
+        small_gate.set()
+        assert reports.wait("late").kind == "succeeded"
+    finally:
+        gate.set()
+        small_gate.set()
+        ex.shutdown(wait=False)

@@ -42,11 +42,6 @@ def _boom(message: str) -> None:
     raise ValueError(message)
 
 
-def _sleep(seconds: float) -> dict:
-    time.sleep(seconds)
-    return {"slept": seconds}
-
-
 def _wait_for_file(release: str, marker: str = "", limit: float = 60.0) -> dict:
     """Block until the test creates ``release`` (at most ``limit`` seconds), then write ``marker``."""
     start = time.time()

@@ -1,6 +1,6 @@
-"""The embedded executor, with no Ray: task bodies run in this process's daemon threads
-(``[local] mode = "thread"``) or each in a child process of its own (``mode = "process"``). CPU,
-memory and (counted) GPU capacity come from ``[local]`` in the configuration."""
+"""The embedded executor, with no Ray: task bodies run in this process's daemon threads. CPU,
+memory and (counted) GPU capacity, and the backlog depth, come from ``[local]`` in the
+configuration."""
 
 from maze_core import hookimpl
 

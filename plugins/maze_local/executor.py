@@ -4,9 +4,10 @@ GPU pinning are the Ray executor's job.
 
 Admission and running are two steps. ``try_reserve`` admits a task if the executor can take it: up
 to one extra CPU's worth of tasks per CPU is admitted beyond what can run, and waits in the
-executor's own short FIFO backlog. ``submit`` starts a task at once if the CPUs, memory and GPUs it
-needs are free, else queues it; the worker that finishes a task starts the next one from the backlog
-itself, without a round trip through the engine. At no moment do running tasks hold more than the
+executor's own short backlog. ``submit`` starts a task at once if the CPUs, memory and GPUs it
+needs are free, else queues it; the worker that finishes a task starts the backlog's tasks that now
+fit (in order; a big one does not hold smaller ones back, for up to ``BACKFILL_PATIENCE_S``, after
+which nothing passes it) itself, without a round trip through the engine. At no moment do running tasks hold more than the
 capacity. The backlog is what keeps both cores busy with tiny tasks: the engine commits the next
 tasks while the current ones run.
 
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 _EPS = 1e-9
 _SPARE_THREADS = 16        # threads allowed beyond what the running capacity can use at once
+BACKFILL_PATIENCE_S = 1.0  # how long smaller tasks may pass a waiting one before it goes first
 
 
 @dataclass(slots=True, eq=False)
@@ -57,6 +59,7 @@ class _Job:
     started: bool = False            # its body started: ``started`` was reported
     done: bool = False               # its capacity is released: ended, cancelled or dropped
     abandoned: bool = False          # cancelled while its body ran
+    queued_at: float = 0.0           # when it entered the backlog (time.monotonic())
 
     @property
     def key(self) -> tuple[str, str]:
@@ -160,8 +163,9 @@ class LocalExecutor(Executor):
             if not self._accepting:
                 raise RuntimeError("the local executor is not started")
             self._jobs[job.key] = job
-            if self._backlog or not _take(self._free, invocation.resources, self._mem):
-                self._backlog.append(job)  # starts when a running task frees capacity
+            if self._head_starving() or not _take(self._free, invocation.resources, self._mem):
+                job.queued_at = time.monotonic()
+                self._backlog.append(job)  # starts when a running task frees enough capacity
                 return
             self._run_locked(job)
         self._launch([job])
@@ -192,6 +196,10 @@ class LocalExecutor(Executor):
             "queued": queued}]}
 
     # ------------------------------------------------------------------ bookkeeping (under _lock)
+    def _head_starving(self) -> bool:
+        """The oldest waiting task has waited past its patience: nothing may pass it any more."""
+        return bool(self._backlog) and time.monotonic() - self._backlog[0].queued_at > BACKFILL_PATIENCE_S
+
     def _run_locked(self, job: _Job) -> None:
         job.running = True
         self._busy += 1
@@ -211,10 +219,13 @@ class LocalExecutor(Executor):
         _give(self._free, res, self._mem)
         self._busy -= 1
         ready = []
-        while self._backlog and _take(self._free, self._backlog[0].inv.resources, self._mem):
-            nxt = self._backlog.popleft()
-            self._run_locked(nxt)
-            ready.append(nxt)
+        for nxt in list(self._backlog):   # in order; one that does not fit yet lets smaller ones by,
+            if _take(self._free, nxt.inv.resources, self._mem):   # unless it has waited too long
+                self._backlog.remove(nxt)
+                self._run_locked(nxt)
+                ready.append(nxt)
+            elif self._head_starving():
+                break
         if not self._busy:
             self._drained.notify_all()
         return ready
