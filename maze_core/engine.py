@@ -350,7 +350,9 @@ class Engine:
             report.resumed = reply.wait()
             for state in states:
                 if state.run_id not in report.resumed:
-                    report.skipped[state.run_id] = "this engine is already driving it"
+                    report.skipped[state.run_id] = (
+                        "this engine is already driving it" if state.run_id in self._runs
+                        else "another process took it over first")
         return report
 
     def _resume_obstacle(self, state: RunState, force: bool, funcs: dict[str, Any]) -> str | None:
