@@ -817,3 +817,25 @@ def test_a_task_that_keeps_killing_its_process_fails_as_worker_lost(config):
             "t1": "failed", "t2": "skipped"}
     finally:
         eng.stop()
+
+
+def test_resume_refuses_a_run_whose_tool_changed_version_unless_forced(config):
+    from maze_core.events import NewEvent
+    from maze_core.resources import normalize
+    registry = ToolRegistry()
+    registry.register_task(add, version="2.0")
+    eng = Engine.from_config(config, registry=registry)
+    eng.start()
+    try:
+        spec = {"func_name": "add", "task_name": None, "func_ref": None, "tool_version": "1.0",
+                "dependencies": [], "inputs": {"a": 1, "b": 2}, "resources": normalize(None),
+                "retries": 0, "timeout": None}
+        eng.store.append([NewEvent(ev.run_stream("old-tool"), ev.RUN_SUBMITTED, {
+            "name": "old-tool", "driver": {"host": "gone", "pid": 1, "started": 0}, "tasks": {"t1": spec}})])
+        report = eng.resume(["old-tool"])
+        assert report.resumed == [] and "version 2.0 here, the run used 1.0" in report.skipped["old-tool"]
+        assert eng.resume(["old-tool"], force=True).resumed == ["old-tool"]
+        assert eng.wait("old-tool", timeout=20)["status"] == "succeeded"
+        assert eng.result("old-tool", "t1") == {"sum": 3}
+    finally:
+        eng.stop()
