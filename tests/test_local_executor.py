@@ -179,54 +179,50 @@ def test_abandoned_bodies_do_not_starve_the_thread_pool(threads):
         gate.set()
 
 
-def test_backlog_jobs_that_cannot_start_are_reported_failed(monkeypatch):
+@pytest.fixture
+def blocked_with_backlog(monkeypatch):
+    """A 2-CPU executor running ``big`` (both CPUs, blocked on a gate) with ``b`` and ``c`` in its
+    backlog; ``refuse(message)`` makes every later hand-over to a worker thread fail."""
     reports = Reports()
     ex = LocalExecutor(cpus=2, prefetch=1)  # admits 4 CPUs' worth, runs 2
     ex.start(reports)
     gate = threading.Event()
+
+    def refuse(message: str) -> None:
+        def no_thread(fn):
+            raise RuntimeError(message)
+        monkeypatch.setattr(ex._threads, "submit", no_thread)
+
     try:
         _submit(ex, _inv("big", gate.wait, normalize({"cpu": 2}), timeout=30))
         _submit(ex, _inv("b", lambda: "b"))
         _submit(ex, _inv("c", lambda: "c"))
         reports.wait("big", "started")
-
-        def refuse(fn):
-            raise RuntimeError("no thread for you")
-
-        monkeypatch.setattr(ex._threads, "submit", refuse)
-        gate.set()  # big ends: its worker runs b itself and must hand c to another thread
-        assert reports.wait("big").kind == "succeeded"
-        assert reports.wait("b").value == "b"
-        c = reports.wait("c")
-        assert c.kind == "failed" and c.error == "RuntimeError: could not start the task: no thread for you"
-        assert _all_free(ex, prefetch=1)
+        yield ex, reports, gate, refuse
     finally:
         gate.set()
         ex.shutdown(wait=False)
 
 
-def test_followers_of_a_cancel_that_cannot_start_are_reported_failed(monkeypatch):
-    reports = Reports()
-    ex = LocalExecutor(cpus=2, prefetch=1)
-    ex.start(reports)
-    gate = threading.Event()
-    try:
-        _submit(ex, _inv("big", gate.wait, normalize({"cpu": 2}), timeout=30))
-        _submit(ex, _inv("b", lambda: "b"))
-        _submit(ex, _inv("c", lambda: "c"))
-        reports.wait("big", "started")
-        def refuse(fn):
-            raise RuntimeError("full")
+def test_backlog_jobs_that_cannot_start_are_reported_failed(blocked_with_backlog):
+    ex, reports, gate, refuse = blocked_with_backlog
+    refuse("no thread for you")
+    gate.set()  # big ends: its worker runs b itself and must hand c to another thread
+    assert reports.wait("big").kind == "succeeded"
+    assert reports.wait("b").value == "b"
+    c = reports.wait("c")
+    assert c.kind == "failed" and c.error == "RuntimeError: could not start the task: no thread for you"
+    assert _all_free(ex, prefetch=1)
 
-        monkeypatch.setattr(ex._threads, "submit", refuse)
-        ex.cancel("r", "big")  # b and c may run now: handing them to threads fails
-        for tid in ("b", "c"):
-            assert reports.wait(tid).error == "RuntimeError: could not start the task: full"
-        assert reports.kinds("b") == ["failed"]
-        assert _all_free(ex, prefetch=1)
-    finally:
-        gate.set()
-        ex.shutdown(wait=False)
+
+def test_followers_of_a_cancel_that_cannot_start_are_reported_failed(blocked_with_backlog):
+    ex, reports, gate, refuse = blocked_with_backlog
+    refuse("full")
+    ex.cancel("r", "big")  # b and c may run now: handing them to threads fails
+    for tid in ("b", "c"):
+        assert reports.wait(tid).error == "RuntimeError: could not start the task: full"
+    assert reports.kinds("b") == ["failed"]
+    assert _all_free(ex, prefetch=1)
 
 
 # ---------------------------------------------------------------------------------------- the interpreter exits
