@@ -248,8 +248,12 @@ class Engine:
             self._inbox.put(msg)
 
     # ------------------------------------------------------------------ public API
-    def submit(self, dag: Any, name: str | None = None, actor: str | None = None) -> str:
+    def submit(self, dag: Any, name: str | None = None, actor: str | None = None,
+               workdir: str | None = None) -> str:
         """Validate ``dag`` (a ``maze_core.dag.DAG``), record it as a run and start it.
+
+        ``workdir``: the run's own directory (a server's sandbox); executors that run task bodies
+        in processes make it their working directory.
 
         Returns the run id once ``RunSubmitted`` is durable. Raises ``DAGValidationError`` listing
         every problem, before anything runs."""
@@ -302,6 +306,8 @@ class Engine:
             raise DAGValidationError("; ".join(problems), problems)
         run_id = str(uuid.uuid4())
         data = {"name": run_name, "tasks": tasks, "driver": self._driver}
+        if workdir is not None:
+            data["workdir"] = str(workdir)
         reply = _Reply()
         self._post(("submit", run_id, data, blobs, funcs, actor or self.actor, reply))
         reply.wait()
@@ -617,7 +623,7 @@ class Engine:
             try:
                 self.executor.submit(inv)
             except Exception as exc:
-                self.executor.release(inv.resources)
+                self.executor.release(inv.resources, inv.grant)
                 self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
                                         error=f"{type(exc).__name__}: executor refused the task: {exc}",
                                         traceback=tb_mod.format_exc()))
@@ -644,7 +650,7 @@ class Engine:
         keep = []
         for inv in self._to_submit:
             if inv.run_id == run_id:
-                self.executor.release(inv.resources)
+                self.executor.release(inv.resources, inv.grant)
             else:
                 keep.append(inv)
         self._to_submit = keep
@@ -686,11 +692,21 @@ class Engine:
     def _dispatch(self) -> None:
         if not len(self.scheduler):
             return
-        for ready in self.scheduler.select(self.executor.try_reserve):
+        grants: dict[int, list[Any]] = {}
+        try_reserve = self.executor.try_reserve
+
+        def reserve(resources: dict[str, Any]) -> bool:
+            grant = try_reserve(resources)
+            if grant:
+                grants.setdefault(id(resources), []).append(grant)
+            return bool(grant)
+
+        for ready in self.scheduler.select(reserve):
+            grant = grants[id(ready.resources)].pop(0)
             state = self._runs.get(ready.run_id)
             task = state.tasks.get(ready.task_id) if state else None
             if task is None or task.status not in (PENDING, RETRYING):
-                self.executor.release(ready.resources)
+                self.executor.release(ready.resources, grant)
                 continue
             spec = task.spec
             attempt = task.attempt + 1
@@ -698,7 +714,7 @@ class Engine:
                 func = self._load_func(spec)
                 kwargs = self._resolve_inputs(state, spec)
             except Exception as exc:
-                self.executor.release(ready.resources)
+                self.executor.release(ready.resources, grant)
                 self._emit(state, ev.TASK_QUEUED, {"task_id": ready.task_id, "attempt": attempt})
                 self._give_up(state, ready.task_id, attempt, f"{type(exc).__name__}: {exc}",
                               tb_mod.format_exc(), None)
@@ -708,7 +724,7 @@ class Engine:
                 self._served(state.run_id, spec.get("dependencies") or ())
             self._to_submit.append(Invocation(
                 state.run_id, ready.task_id, attempt, func, kwargs, spec["resources"],
-                spec.get("timeout"), spec["func_name"]))
+                spec.get("timeout"), spec["func_name"], grant, state.workdir))
 
     def _load_func(self, spec: dict[str, Any]) -> Callable[..., Any]:
         ref = spec.get("func_ref")

@@ -131,6 +131,7 @@ class RunSubmittedData(_Payload):
     name: str
     tasks: dict[str, TaskSpecData]
     driver: dict[str, Any]  # the process driving the run: host, pid, process start time
+    workdir: str | None = None  # the run's working directory (a server's sandbox)
 
 
 class RunResumedData(_Payload):

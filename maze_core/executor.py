@@ -1,7 +1,9 @@
 """The contract of executor plugins: where task bodies run.
 
 The engine reserves capacity with ``try_reserve`` (so that the scheduling policy, not the executor,
-decides the order), then calls ``submit``. The executor reports back through the ``report`` callback
+decides the order), then calls ``submit``. What ``try_reserve`` returns, when truthy, is the
+*grant* (``True``, or the executor's own record of a placement such as the GPUs chosen); the
+engine hands it back as ``Invocation.grant`` or to ``release``. The executor reports back through the ``report`` callback
 given to ``start``: first ``started`` (with where it runs), then exactly one of ``succeeded`` or
 ``failed``. It releases the reservation *before* reporting the end, so the engine can dispatch the
 next task at once. ``maze_core.testing.executor_contract`` is the reusable test suite.
@@ -27,6 +29,8 @@ class Invocation:
     resources: dict[str, Any]           # canonical form, see maze_core.resources.normalize
     timeout: float | None = None
     func_name: str = ""
+    grant: Any = True                    # what try_reserve returned for this invocation
+    cwd: str | None = None               # the run's working directory (its sandbox), if it has one
 
 
 @dataclass(slots=True)
@@ -66,12 +70,13 @@ class Executor(ABC):
         """Why a request can never run here (e.g. more CPUs than exist), or None if it can."""
 
     @abstractmethod
-    def try_reserve(self, resources: dict[str, Any]) -> bool:
-        """Reserve capacity for one task now; False if it does not fit at the moment."""
+    def try_reserve(self, resources: dict[str, Any]) -> Any:
+        """Reserve capacity for one task now. Returns a truthy grant (``True`` or a placement the
+        executor chose), or a falsy value if it does not fit at the moment."""
 
     @abstractmethod
-    def release(self, resources: dict[str, Any]) -> None:
-        """Give back a reservation that was never submitted."""
+    def release(self, resources: dict[str, Any], grant: Any = True) -> None:
+        """Give back a reservation (``grant``, from ``try_reserve``) that was never submitted."""
 
     @abstractmethod
     def submit(self, invocation: Invocation) -> None:

@@ -43,12 +43,13 @@ class TaskState:
 class RunState:
     """Everything the engine knows about one run, rebuilt from its events alone."""
 
-    __slots__ = ("run_id", "name", "driver", "status", "version", "tasks", "open", "order")
+    __slots__ = ("run_id", "name", "driver", "workdir", "status", "version", "tasks", "open", "order")
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.name = ""
         self.driver: dict[str, Any] = {}
+        self.workdir: str | None = None  # the run's working directory, if it has one
         self.status = "new"
         self.version = 0            # stream version of the last applied event
         self.tasks: dict[str, TaskState] = {}
@@ -96,6 +97,7 @@ class RunState:
     def _submitted(self, data: dict[str, Any]) -> list[str]:
         self.name = data.get("name", "")
         self.driver = data.get("driver", {})
+        self.workdir = data.get("workdir")
         self.status = "running"
         for tid, spec in data["tasks"].items():
             self.tasks[tid] = TaskState(spec=spec, waiting=len(spec.get("dependencies", ())))

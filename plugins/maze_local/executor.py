@@ -152,7 +152,7 @@ class LocalExecutor(Executor):
         with self._lock:
             return _take(self._admit, resources, self._mem)
 
-    def release(self, resources: dict[str, Any]) -> None:
+    def release(self, resources: dict[str, Any], grant: Any = True) -> None:
         with self._lock:
             _give(self._admit, resources, self._mem)
 
