@@ -1,0 +1,1 @@
+"""Serves maze_api with uvicorn for ``maze start`` (issue 4)."""
