@@ -9,6 +9,7 @@ itself resolves against the directory of the config file (or the working directo
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -26,6 +27,17 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # authentication (maze_api.auth): "name=token" or "name=sha256:<hex>" entries
+    tokens: list[str] = []
+    tokens_file: str = ""
+    admins: list[str] = []
+    cors_origins: list[str] = []
+    # limits (maze_api): request bodies, extracted archives, event streams
+    max_body_mb: float = Field(256.0, gt=0)
+    max_archive_mb: float = Field(1024.0, gt=0)
+    max_archive_files: int = Field(10000, ge=1)
+    max_compression_ratio: float = Field(100.0, ge=1)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
 
 
 class PathsConfig(_Section):
@@ -137,10 +149,24 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
                                       f"known: {', '.join(model.model_fields)}")
                 value: Any = raw
                 if get_origin(field.annotation) is list:
-                    value = [p for p in raw.split(os.pathsep) if p]
+                    value = _env_list(var, raw)
                 out.setdefault(section, {})[key] = value
                 break
     return out
+
+
+def _env_list(var: str, raw: str) -> list[str]:
+    """A list from an environment variable: a JSON array when the value starts with ``[`` (for
+    items holding the path separator, such as URLs), else items separated by ``os.pathsep``."""
+    if raw.lstrip().startswith("["):
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {var}: not a valid JSON array: {exc}") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"environment variable {var}: the JSON array must hold strings only")
+        return value
+    return [p for p in raw.split(os.pathsep) if p]
 
 
 def _describe(err: ValidationError, origin: str) -> str:
