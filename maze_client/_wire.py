@@ -1,0 +1,83 @@
+"""The workflow payload the SDK sends: ``DAG.to_wire()`` (seed 001's format), with the functions of
+the user's own modules pickled *by value*.
+
+cloudpickle pickles a function of an importable module by reference (``module.name``); the server
+then has to import that module, which works for tool packages installed there but not for a
+``mytasks.py`` next to the user's script. Seed 000 says the DAG is sent with the functions' code,
+so functions from modules outside the Python installation (not under ``sys.prefix``, not a Maze
+package) are pickled by value. If that fails (a global that cannot be pickled), the payload falls
+back to plain references.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+from maze_core.dag import DAG
+
+logger = logging.getLogger("maze.client")
+
+_LOCK = threading.Lock()
+_MAZE_PACKAGES = {"maze_core", "maze_client", "maze_api", "maze_sqlite", "maze_local", "maze_daps",
+                  "maze_ray", "maze_server"}
+
+
+def _install_roots() -> list[Path]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.add(path)
+    return [Path(r).resolve() for r in roots if r]
+
+
+def user_modules(dag: DAG) -> list[ModuleType]:
+    """Modules of the DAG's functions that belong to the user's project, not the installation."""
+    roots = _install_roots()
+    found: dict[str, ModuleType] = {}
+    for node in dag.tasks.values():
+        name = getattr(node.func, "__module__", None)
+        if not name or name == "__main__" or name in found:
+            continue
+        if name.split(".")[0] in _MAZE_PACKAGES or name.split(".")[0].startswith("maze_tool_"):
+            continue
+        module = sys.modules.get(name)
+        filename = getattr(module, "__file__", None)
+        if module is None or not filename:
+            continue
+        path = Path(filename).resolve()
+        if any(path.is_relative_to(root) for root in roots):
+            continue
+        found[name] = module
+    return list(found.values())
+
+
+def dag_payload(dag: DAG, by_value: bool = True) -> dict[str, Any]:
+    """The ``workflow_payload`` JSON object of ``dag``."""
+    modules = user_modules(dag) if by_value else []
+    if not modules:
+        return dag.to_wire()
+    with _LOCK:
+        already = set(cloudpickle.list_registry_pickle_by_value())
+        added = []
+        for module in modules:
+            if module.__name__ not in already:
+                cloudpickle.register_pickle_by_value(module)
+                added.append(module)
+        try:
+            return dag.to_wire()
+        except Exception as exc:  # a global that cannot be pickled: fall back to references
+            logger.warning("pickling the tasks of %s by value failed (%s: %s); sending references",
+                           ", ".join(m.__name__ for m in modules), type(exc).__name__, exc)
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
+    return dag.to_wire()

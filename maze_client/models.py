@@ -1,0 +1,402 @@
+"""Typed results of the SDK: plain dataclasses built from the server's JSON.
+
+Every model keeps the JSON it came from in ``raw`` and still answers ``model["key"]`` and
+``model.get("key")``, so code written against seed 000's dicts (``result["data"]["summary"]``)
+keeps working. Unknown keys are ignored, missing ones become None, so a newer server does not
+break an older SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "ClusterInfo",
+    "Event",
+    "GPUInfo",
+    "Health",
+    "NodeInfo",
+    "Run",
+    "RunSummary",
+    "TaskResult",
+    "TaskSummary",
+    "Tool",
+    "RUN_FINAL_STATUSES",
+    "TASK_FINAL_STATUSES",
+]
+
+# Run and task statuses that never change again. The server speaks the engine's words
+# (succeeded, failed, cancelled, skipped); seed 000's words (finished, CANCELLED) are accepted too.
+RUN_FINAL_STATUSES = frozenset({"succeeded", "finished", "failed", "cancelled", "canceled"})
+TASK_FINAL_STATUSES = frozenset({"succeeded", "finished", "success", "failed", "cancelled", "canceled",
+                                 "skipped"})
+_SUCCESS = frozenset({"succeeded", "finished", "success"})
+
+
+def _norm(status: Any) -> str | None:
+    return status.lower() if isinstance(status, str) else None
+
+
+def _first(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if key in data and data[key] is not None:
+            return data[key]
+    return default
+
+
+def _time(value: Any) -> datetime | None:
+    """A timestamp (epoch seconds or ISO 8601 text) as an aware datetime, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+class _DictAccess:
+    """``model["key"]`` / ``model.get("key")`` read the server's JSON, then the attributes."""
+
+    raw: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.raw:
+            return self.raw[key]
+        if isinstance(key, str) and key in getattr(self, "__dataclass_fields__", {}) and key != "raw":
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the model was built from."""
+        return dict(self.raw)
+
+
+@dataclass
+class TaskResult(_DictAccess):
+    """``POST /get/``: a task's state and, once it has one, its result or error.
+
+    ``data`` holds the task's return value when it succeeded (seed 000: ``result["data"]``)."""
+
+    run_id: str
+    task_id: str
+    task_status: str
+    data: Any = None
+    error: str | None = None
+    status: str = "success"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], run_id: str = "", task_id: str = "") -> TaskResult:
+        return cls(run_id=_first(data, "run_id", default=run_id), task_id=_first(data, "task_id", default=task_id),
+                   task_status=_first(data, "task_status", "state", default="unknown"),
+                   data=data.get("data"), error=data.get("error"),
+                   status=_first(data, "status", default="success"), raw=dict(data))
+
+    @property
+    def done(self) -> bool:
+        """The task is in a final state (succeeded, failed, cancelled or skipped)."""
+        return _norm(self.task_status) in TASK_FINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return _norm(self.task_status) in _SUCCESS
+
+    @property
+    def failed(self) -> bool:
+        return _norm(self.task_status) == "failed"
+
+
+@dataclass
+class TaskSummary(_DictAccess):
+    """One task in a run summary."""
+
+    task_id: str
+    status: str
+    name: str | None = None
+    func_name: str | None = None
+    attempt: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = None
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], task_id: str = "") -> TaskSummary:
+        started = _time(_first(data, "started_at", "start_time"))
+        finished = _time(_first(data, "finished_at", "ended_at", "end_time"))
+        duration = _first(data, "duration", "duration_s", "elapsed")
+        if duration is None and started and finished:
+            duration = (finished - started).total_seconds()
+        return cls(task_id=_first(data, "task_id", "id", default=task_id),
+                   status=_first(data, "status", "task_status", "state", default="unknown"),
+                   name=_first(data, "task_name", "name"), func_name=_first(data, "func_name", "tool"),
+                   attempt=data.get("attempt"), started_at=started, finished_at=finished,
+                   duration=float(duration) if isinstance(duration, int | float) else None,
+                   error=data.get("error"), raw=dict(data))
+
+    @property
+    def done(self) -> bool:
+        return _norm(self.status) in TASK_FINAL_STATUSES
+
+
+def _tasks_from(value: Any) -> list[TaskSummary]:
+    if isinstance(value, Mapping):
+        return [TaskSummary.from_dict(item if isinstance(item, Mapping) else {"status": item}, task_id=key)
+                for key, item in value.items()]
+    if isinstance(value, list):
+        return [TaskSummary.from_dict(item) for item in value if isinstance(item, Mapping)]
+    return []
+
+
+@dataclass
+class Run(_DictAccess):
+    """A run: one submitted workflow (``GET /runs/{run_id}``, items of ``GET /runs``)."""
+
+    run_id: str
+    status: str
+    name: str = ""
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    task_counts: dict[str, int] = field(default_factory=dict)
+    tasks: list[TaskSummary] = field(default_factory=list)
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Run:
+        counts = _first(data, "task_counts", "counts", default=None)
+        tasks = _tasks_from(data.get("tasks"))
+        if not isinstance(counts, Mapping):
+            counts = {}
+            for task in tasks:
+                counts[task.status] = counts.get(task.status, 0) + 1
+        return cls(run_id=_first(data, "run_id", "id", default=""),
+                   status=_first(data, "status", "state", default="unknown"),
+                   name=_first(data, "name", "workflow_name", default=""),
+                   created_at=_time(_first(data, "created_at", "submitted_at", "started_at")),
+                   finished_at=_time(_first(data, "finished_at", "ended_at")),
+                   task_counts={str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
+                   tasks=tasks, error=data.get("error"), raw=dict(data))
+
+    @property
+    def id(self) -> str:
+        return self.run_id
+
+    @property
+    def finished(self) -> bool:
+        """The run reached a final state (succeeded, failed or cancelled)."""
+        return _norm(self.status) in RUN_FINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return _norm(self.status) in _SUCCESS
+
+    @property
+    def duration(self) -> float | None:
+        if self.created_at and self.finished_at:
+            return (self.finished_at - self.created_at).total_seconds()
+        return None
+
+
+@dataclass
+class RunSummary(_DictAccess):
+    """``GET /runs/{run_id}/summary``: the run's status and every task's status and timing."""
+
+    run_id: str
+    status: str
+    tasks: list[TaskSummary] = field(default_factory=list)
+    name: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], run_id: str = "") -> RunSummary:
+        return cls(run_id=_first(data, "run_id", "id", default=run_id),
+                   status=_first(data, "status", "run_status", "state", default="unknown"),
+                   tasks=_tasks_from(data.get("tasks")), name=_first(data, "name", default=""),
+                   raw=dict(data))
+
+    @property
+    def finished(self) -> bool:
+        return _norm(self.status) in RUN_FINAL_STATUSES
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of tasks per status."""
+        out: dict[str, int] = {}
+        for task in self.tasks:
+            out[task.status] = out.get(task.status, 0) + 1
+        return out
+
+    def task(self, task_id: str) -> TaskSummary:
+        for item in self.tasks:
+            if item.task_id == task_id:
+                return item
+        raise KeyError(task_id)
+
+
+@dataclass
+class Tool(_DictAccess):
+    """A tool the server knows (``GET /tools``)."""
+
+    name: str
+    description: str = ""
+    type: str | None = None
+    version: str | None = None
+    author: str | None = None
+    usage_notes: str | None = None
+    source: str | None = None
+    input_parameters: dict[str, Any] = field(default_factory=dict)
+    output_parameters: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tool:
+        resources = data.get("resources") if isinstance(data.get("resources"), Mapping) else {}
+        kind = _first(data, "type", "tool_type", "task_type") or (resources or {}).get("type")
+        version = data.get("version")
+        return cls(name=_first(data, "name", "tool_name", default=""),
+                   description=_first(data, "description", default="") or "",
+                   type=kind, version=str(version) if version is not None else None,
+                   author=data.get("author"), usage_notes=data.get("usage_notes"),
+                   source=_first(data, "source", "origin"),
+                   input_parameters=dict(data.get("input_parameters") or {}),
+                   output_parameters=dict(data.get("output_parameters") or {}),
+                   resources=dict(resources or {}), raw=dict(data))
+
+
+@dataclass
+class GPUInfo(_DictAccess):
+    """One GPU of a node; memory in MB."""
+
+    index: int | None = None
+    name: str | None = None
+    memory_total: float | None = None
+    memory_free: float | None = None
+    utilization: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GPUInfo:
+        return cls(index=_first(data, "index", "id"), name=data.get("name"),
+                   memory_total=_first(data, "memory_total", "memory_total_mb", "gpu_mem", "memory"),
+                   memory_free=_first(data, "memory_free", "memory_free_mb", "free_mem"),
+                   utilization=_first(data, "utilization", "util"), raw=dict(data))
+
+
+@dataclass
+class NodeInfo(_DictAccess):
+    """One node of the cluster: its resources and GPUs."""
+
+    node_id: str = ""
+    address: str | None = None
+    alive: bool = True
+    resources: dict[str, Any] = field(default_factory=dict)
+    available: bool = False
+    gpus: list[GPUInfo] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeInfo:
+        gpus = [GPUInfo.from_dict(g) for g in data.get("gpus") or () if isinstance(g, Mapping)]
+        available = data.get("available")
+        return cls(node_id=str(_first(data, "node_id", "id", "name", default="")),
+                   address=_first(data, "address", "ip", "host"), alive=bool(data.get("alive", True)),
+                   resources=dict(data.get("resources") or {}),
+                   available=bool(gpus) if available is None else bool(available),
+                   gpus=gpus, raw=dict(data))
+
+
+@dataclass
+class ClusterInfo(_DictAccess):
+    """``GET /cluster``: the executor's nodes and their GPUs. ``available``: any GPU at all."""
+
+    available: bool = False
+    executor: str | None = None
+    nodes: list[NodeInfo] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterInfo:
+        nodes = [NodeInfo.from_dict(n) for n in data.get("nodes") or () if isinstance(n, Mapping)]
+        if not nodes and ("gpus" in data or "devices" in data):  # a single-node answer
+            nodes = [NodeInfo.from_dict({**data, "gpus": data.get("gpus") or data.get("devices")})]
+        available = data.get("available")
+        return cls(available=any(n.available for n in nodes) if available is None else bool(available),
+                   executor=_first(data, "executor", "backend"), nodes=nodes, raw=dict(data))
+
+    @property
+    def gpus(self) -> list[GPUInfo]:
+        """Every GPU of every node."""
+        return [gpu for node in self.nodes for gpu in node.gpus]
+
+    @property
+    def devices(self) -> list[GPUInfo]:  # seed 004's name
+        return self.gpus
+
+
+@dataclass
+class Health(_DictAccess):
+    """``GET /health``: ``status`` ("ok" when healthy), server ``version`` and counts."""
+
+    status: str
+    version: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Health:
+        counts = _first(data, "counts", default=None)
+        if not isinstance(counts, Mapping):
+            counts = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return cls(status=_first(data, "status", default="unknown"), version=data.get("version"),
+                   counts=dict(counts), raw=dict(data))
+
+    @property
+    def ok(self) -> bool:
+        return _norm(self.status) in {"ok", "healthy", "success", "up"}
+
+
+@dataclass
+class Event(_DictAccess):
+    """One event of a run's log (``GET /runs/{run_id}/events``)."""
+
+    seq: int
+    type: str
+    ts: float | str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        payload = data.get("data") if isinstance(data.get("data"), Mapping) else {}
+        return cls(seq=int(_first(data, "seq", "id", default=0)), type=_first(data, "type", default=""),
+                   ts=data.get("ts"), data=dict(payload or {}),
+                   task_id=_first(data, "task_id", default=None) or (payload or {}).get("task_id"),
+                   raw=dict(data))
