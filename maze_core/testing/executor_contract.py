@@ -45,6 +45,8 @@ def _boom(message: str) -> None:
 def _wait_for_file(release: str, marker: str = "", limit: float = 60.0) -> dict:
     """Block until the test creates ``release`` (at most ``limit`` seconds), then write ``marker``."""
     start = time.time()
+    if marker:
+        Path(marker + ".pid").write_text(str(os.getpid()))   # who runs the body
     deadline = time.monotonic() + limit
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -146,7 +148,9 @@ class ExecutorContract:
         yield executor, collector
 
     def _run(self, executor: Executor, inv: Invocation) -> None:
-        assert executor.try_reserve(inv.resources), "a 1-CPU task must fit an idle executor"
+        grant = executor.try_reserve(inv.resources)
+        assert grant, "a 1-CPU task must fit an idle executor"
+        inv.grant = grant
         executor.submit(inv)
 
     def test_reports_started_then_succeeded_with_value(self, started):
@@ -226,7 +230,11 @@ class ExecutorContract:
                          {"release": str(release), "marker": str(marker)}, normalize({"cpu": total}))
         assert executor.try_reserve(inv.resources)
         executor.submit(inv)
-        worker = collector.until_started("t4").worker
+        collector.until_started("t4")
+        pidfile = Path(str(marker) + ".pid")
+        deadline = time.monotonic() + WAIT
+        while not pidfile.exists() and time.monotonic() < deadline:   # the body is running
+            time.sleep(0.01)
         executor.cancel("run-contract", "t4")
         assert _admissible(executor) == idle, "cancel must release the reservation at once"
         # ...and the CPUs: a task needing all of them runs while the cancelled body still blocks
@@ -237,7 +245,8 @@ class ExecutorContract:
         # worker pid disappears. Either way the body has certainly ended before we look.
         release.touch()
         deadline = time.monotonic() + 10
-        while not marker.exists() and not _pid_gone(worker.get("pid")) and time.monotonic() < deadline:
+        pid = int(pidfile.read_text())
+        while not marker.exists() and not _pid_gone(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(SETTLE)
         assert collector.kinds("t4") == ["started"], "nothing may be reported after cancel"

@@ -1,0 +1,83 @@
+"""``maze worker`` and ``maze cluster``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _mem_list(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        mems = [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter("use MB per GPU, e.g. 24000 or 24000,80000") from None
+    if any(m <= 0 for m in mems):
+        raise click.BadParameter("GPU memory must be positive MB")
+    return mems
+
+
+@click.command("worker")
+@click.option("--address", required=True, help="The head's Ray address, HOST:PORT.")
+@click.option("--num-cpus", type=click.FloatRange(min=0), default=None, help="CPUs to offer.")
+@click.option("--num-gpus", type=click.IntRange(min=0), default=None, help="GPUs to offer.")
+@click.option("--gpu-mem", default=None, help="Memory per GPU in MB where nvidia-smi can't say.")
+@click.option("--node-ip", default=None, help="This node's address as the head should see it.")
+def worker_cmd(address: str, num_cpus: float | None, num_gpus: int | None, gpu_mem: str | None,
+               node_ip: str | None) -> None:
+    """Join this machine to a Maze cluster as a worker node."""
+    from maze_core.errors import MazeError
+
+    from .cluster import start_worker
+    try:
+        start_worker(address, num_cpus=num_cpus, num_gpus=num_gpus, gpu_mem_mb=_mem_list(gpu_mem),
+                     node_ip=node_ip)
+    except MazeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"joined {address}; `maze cluster` lists the nodes, `maze stop` leaves")
+
+
+@click.command("cluster")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def cluster_cmd(obj, as_json: bool) -> None:
+    """Nodes of the cluster: CPUs, memory, GPUs with their memory, and running tasks."""
+    from .executor import RayConfig, RayExecutor
+    cfg = RayConfig.from_config(obj.config)
+    if not cfg.address:
+        cfg.address = "auto"   # show the cluster this machine belongs to, don't start one
+    ex = RayExecutor(cfg)
+    try:
+        ex.start(lambda update: None)
+    except Exception as exc:  # noqa: BLE001 - no cluster to talk to
+        raise click.ClickException(f"no Ray cluster reachable at {cfg.address!r}: {exc}") from None
+    try:
+        info = ex.describe()
+        info["running_tasks"] = _running_tasks()
+    finally:
+        ex.shutdown()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    cap = info["capacity"]
+    click.echo(f"{cap['nodes']} node(s), {cap['cpu']:g} CPUs, {cap['mem']} MB, {cap['gpu']:g} GPUs; "
+               f"running tasks: {info['running_tasks']}")
+    for n in info["nodes"]:
+        state = "alive" if n["alive"] else "dead"
+        click.echo(f"  {n['node_id'][:12]} {n['address']:<15} {state:<5} cpu={n['cpu']:g} "
+                   f"mem={n['mem']}MB gpus={len(n['gpus'])}")
+        for g in n["gpus"]:
+            mem = f"{g['memory_mb']} MB" if g["memory_mb"] else "memory unknown"
+            click.echo(f"      gpu {g['index']}: {mem}, {g['used_mb']} MB held by {g['tasks']} task(s)")
+
+
+def _running_tasks() -> int:
+    """Maze tasks running on the cluster now (from Ray's state API)."""
+    try:
+        from ray.util.state import list_tasks
+        tasks = list_tasks(filters=[("state", "=", "RUNNING")], limit=10000, raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - the state API needs the dashboard agent; not essential
+        return -1
+    return sum(1 for t in tasks if str(getattr(t, "name", "")).startswith("maze:"))

@@ -1,0 +1,226 @@
+"""The GPU ledger: which GPU of which node holds how much of whose memory.
+
+Ray counts GPUs, and packs fractional requests onto one device without looking at memory (four
+``num_gpus=0.5`` tasks all saw GPU 0 of two). Maze decides the device itself, here, from each
+device's memory, and pins the task to its node; Ray's own count follows the same decision.
+
+Rules, for a task's canonical resources (``maze_core.resources.normalize``):
+
+- ``gpu_mem > 0`` and ``gpu <= 1``: the task shares a device by memory. It fits a device whose free
+  memory is at least ``gpu_mem`` (two 6,000 MB tasks never share a 10,000 MB GPU, two of 4,000 MB
+  may). Its share of the device, for Ray, is ``gpu_mem / device memory`` (or ``gpu`` if that is
+  smaller than 1 and larger).
+- ``gpu >= 1`` (whole) without ``gpu_mem``, or ``gpu > 1``: whole devices, each untouched by others
+  (and each with ``gpu_mem`` free if given).
+- ``0 < gpu < 1`` without ``gpu_mem``: a fraction of one device.
+- A device whose memory is unknown (no reading, no label, no config) is shared by fraction only.
+
+Placement prefers, in order: the device where the task's ``model_name`` ran last (a warm model),
+then the device that the task fills best (packing, so large requests still find room).
+This module is pure Python: no Ray, so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EPS = 1e-6
+
+
+@dataclass(slots=True)
+class Gpu:
+    index: int
+    memory_mb: int = 0            # 0: unknown
+    used_frac: float = 0.0        # sum of granted shares (<= 1)
+    used_mb: int = 0              # sum of granted gpu_mem
+    holders: int = 0              # tasks holding a share
+
+    def free_mb(self) -> int:
+        return self.memory_mb - self.used_mb
+
+
+@dataclass(slots=True)
+class Node:
+    node_id: str
+    address: str = ""
+    cpu: float = 0.0
+    mem: int = 0                  # MB (Ray's logical "memory" resource)
+    gpus: list[Gpu] = field(default_factory=list)
+    alive: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A grant: the node a GPU task is pinned to, its devices, and its share of each."""
+
+    node_id: str
+    gpus: tuple[int, ...]
+    share: float                  # of each device (1.0: whole)
+    mem_mb: int                   # gpu_mem held on each device
+    model_name: str | None = None
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(str(i) for i in self.gpus)
+
+    @property
+    def num_gpus(self) -> float:
+        """What Ray is asked for: whole devices, or one device's share."""
+        return float(len(self.gpus)) if self.share >= 1 else self.share
+
+
+def _wants(resources: dict[str, Any]) -> tuple[float, int]:
+    return float(resources.get("gpu") or 0.0), int(resources.get("gpu_mem") or 0)
+
+
+class GpuLedger:
+    """Not thread-safe: the executor calls it under its own lock."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self._homes: dict[str, tuple[str, int]] = {}   # model_name -> (node, device) it ran on last
+
+    # ------------------------------------------------------------------ nodes
+    def set_nodes(self, nodes: list[Node]) -> list[str]:
+        """Replace the view of the cluster; devices of nodes still present keep their holdings.
+        Returns the ids of nodes that left (or died)."""
+        gone = [nid for nid, n in self.nodes.items() if n.alive and
+                not any(m.node_id == nid and m.alive for m in nodes)]
+        fresh: dict[str, Node] = {}
+        for node in nodes:
+            old = self.nodes.get(node.node_id)
+            if old is not None and old.alive and node.alive:
+                held = {g.index: g for g in old.gpus}
+                for g in node.gpus:
+                    prev = held.get(g.index)
+                    if prev is not None:
+                        g.used_frac, g.used_mb, g.holders = prev.used_frac, prev.used_mb, prev.holders
+            fresh[node.node_id] = node
+        self.nodes = fresh
+        for model, (nid, _) in list(self._homes.items()):
+            if nid in gone:
+                del self._homes[model]
+        return gone
+
+    def alive(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.alive]
+
+    # ------------------------------------------------------------------ feasibility
+    def impossible(self, resources: dict[str, Any]) -> str | None:
+        """Why no node of the cluster could ever run this request, or None."""
+        gpu, gpu_mem = _wants(resources)
+        cpu, mem = float(resources.get("cpu") or 0.0), int(resources.get("mem") or 0)
+        nodes = self.alive()
+        if not nodes:
+            return "the Ray cluster has no live node"
+        if not any(n.cpu + EPS >= cpu for n in nodes):
+            return (f"needs {cpu:g} CPUs on one node; the largest node has "
+                    f"{max(n.cpu for n in nodes):g}")
+        if mem and not any(n.mem >= mem for n in nodes if n.cpu + EPS >= cpu):
+            return (f"needs {mem} MB of memory on one node; the largest node offers "
+                    f"{max(n.mem for n in nodes)} MB to Ray")
+        if gpu <= 0:
+            return None
+        need = max(1, int(round(gpu))) if gpu >= 1 else 1
+        best_count = max(len(n.gpus) for n in nodes)
+        if best_count < need:
+            have = "no GPU" if best_count == 0 else f"at most {best_count} GPU(s) on one node"
+            return f"needs {need} GPU(s) on one node; the cluster has {have}"
+        if gpu_mem:
+            def fits(g: Gpu) -> bool:
+                return g.memory_mb == 0 or g.memory_mb >= gpu_mem
+            if not any(sum(1 for g in n.gpus if fits(g)) >= need and n.cpu + EPS >= cpu
+                       for n in nodes):
+                largest = max((g.memory_mb for n in nodes for g in n.gpus), default=0)
+                return (f"needs {gpu_mem} MB of GPU memory on {need} GPU(s); the largest GPU has "
+                        f"{largest} MB")
+        return None
+
+    # ------------------------------------------------------------------ placement
+    def place(self, resources: dict[str, Any]) -> Placement | None:
+        """Choose a node and devices for a GPU request now, and hold them; None if nothing fits
+        at the moment."""
+        gpu, gpu_mem = _wants(resources)
+        model = resources.get("model_name")
+        cpu = float(resources.get("cpu") or 0.0)
+        by_memory = gpu_mem > 0 and gpu <= 1
+        whole = not by_memory and gpu >= 1
+        need = int(round(gpu)) if whole else 1
+        best: tuple[tuple, Placement] | None = None
+        home = self._homes.get(model) if model else None
+        for node in self.alive():
+            if node.cpu + EPS < cpu:
+                continue
+            if whole:
+                free = [g for g in node.gpus if g.holders == 0 and g.used_frac < EPS
+                        and (g.memory_mb == 0 or g.memory_mb >= gpu_mem)]
+                if len(free) < need:
+                    continue
+                # prefer the warm device, then the smallest devices that fit (keep big ones free)
+                free.sort(key=lambda g: ((node.node_id, g.index) != home, g.memory_mb, g.index))
+                chosen = free[:need]
+                warm = home is not None and any((node.node_id, g.index) == home for g in chosen)
+                key = (not warm, sum(g.memory_mb for g in chosen), node.node_id)
+                cand = Placement(node.node_id, tuple(sorted(g.index for g in chosen)), 1.0,
+                                 gpu_mem, model)
+            else:
+                for g in node.gpus:
+                    share = self._share(g, gpu, gpu_mem, by_memory)
+                    if share is None or g.used_frac + share > 1 + EPS:
+                        continue
+                    if by_memory and g.memory_mb and g.free_mb() < gpu_mem:
+                        continue
+                    warm = home == (node.node_id, g.index)
+                    left = (g.free_mb() - gpu_mem) if g.memory_mb else 1 << 40
+                    key = (not warm, left, 1 - g.used_frac - share, node.node_id, g.index)
+                    if best is None or key < best[0]:
+                        best = (key, Placement(node.node_id, (g.index,), share, gpu_mem, model))
+                continue
+            if best is None or key < best[0]:
+                best = (key, cand)
+        if best is None:
+            return None
+        self._hold(best[1], +1)
+        return best[1]
+
+    @staticmethod
+    def _share(g: Gpu, gpu: float, gpu_mem: int, by_memory: bool) -> float | None:
+        if by_memory:
+            if not g.memory_mb:          # unknown memory: a whole device, to be safe
+                return 1.0
+            if gpu_mem > g.memory_mb:
+                return None
+            share = gpu_mem / g.memory_mb
+            if 0 < gpu < 1:
+                share = max(share, gpu)
+            return min(1.0, round(max(share, 1e-4), 4))
+        return round(gpu, 4)
+
+    def free(self, placement: Placement) -> None:
+        """Give a placement back (the task ended, was cancelled, or never started)."""
+        self._hold(placement, -1)
+
+    def _hold(self, p: Placement, sign: int) -> None:
+        node = self.nodes.get(p.node_id)
+        if node is None:
+            return                      # the node left; its devices went with it
+        for g in node.gpus:
+            if g.index in p.gpus:
+                g.used_frac = max(0.0, round(g.used_frac + sign * p.share, 6))
+                g.used_mb = max(0, g.used_mb + sign * p.mem_mb)
+                g.holders = max(0, g.holders + sign)
+        if sign > 0 and p.model_name:
+            self._homes[p.model_name] = (p.node_id, p.gpus[0])
+
+    def home_of(self, model_name: str) -> tuple[str, int] | None:
+        return self._homes.get(model_name)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"node_id": n.node_id, "address": n.address, "alive": n.alive, "cpu": n.cpu,
+                 "mem": n.mem,
+                 "gpus": [{"index": g.index, "memory_mb": g.memory_mb, "used_mb": g.used_mb,
+                           "used_share": round(g.used_frac, 4), "tasks": g.holders}
+                          for g in n.gpus]}
+                for n in self.nodes.values()]

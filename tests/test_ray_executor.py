@@ -1,0 +1,387 @@
+"""The Ray executor on a simulated cluster (the session's ``ray_cluster``: a 2-CPU head and a
+4-CPU node with two fake 10,000 MB GPUs): the executor contract, GPU placement by memory, the
+devices a task saw, warm-model affinity, impossible requests, cancel, timeouts, a worker that
+dies, and a node that leaves."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from maze_core import DAG, task
+from maze_core.errors import DAGValidationError, ResourceError
+from maze_core.resources import normalize
+from maze_core.testing.executor_contract import ExecutorContract
+
+from .conftest import make_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _executor(**cfg):
+    from maze_ray import RayConfig, RayExecutor
+    return RayExecutor(RayConfig(**cfg))
+
+
+class TestRayContract(ExecutorContract):
+    @pytest.fixture
+    def executor(self, ray_cluster):
+        ex = _executor(address=ray_cluster.address)
+        yield ex
+        ex.shutdown(wait=False)
+
+
+# ---------------------------------------------------------------------------- engine on Ray
+@pytest.fixture
+def ray_engine(tmp_path, ray_cluster):
+    from maze_core.engine import Engine
+    from maze_core.registry import ToolRegistry
+    cfg = make_config(tmp_path, validate_events=True)
+    ex = _executor(address=ray_cluster.address)
+    eng = Engine.from_config(cfg, executor=ex, registry=ToolRegistry())
+    eng.start()
+    yield eng
+    eng.stop(wait=False)
+    eng.store.close()
+
+
+def _events(engine, run_id, type_=None):
+    return [e for e in engine.store.read_stream(f"run:{run_id}") if type_ is None or e.type == type_]
+
+
+def _wait_file(path: str, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@task(name="where", gpu_mem=6000)
+def where_6g(release: str, tag: str) -> dict:
+    import ray
+    start = time.time()
+    _wait_file(release)
+    return {"tag": tag, "node": ray.get_runtime_context().get_node_id(),
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
+            "pid": os.getpid()}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_fan_out_runs_on_ray_and_records_where(ray_engine):
+    @task
+    def square(x: int) -> dict:
+        return {"y": x * x, "pid": os.getpid()}
+
+    @task
+    def total(parts: list) -> dict:
+        return {"sum": sum(p["y"] for p in parts)}
+
+    dag = DAG("ray-fan")
+    refs = [dag.add_task(square, inputs={"x": i}) for i in range(8)]
+    s = dag.add_task(total, inputs={"parts": [f"{r}.output" for r in refs]})
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, s) == {"sum": sum(i * i for i in range(8))}
+    pids = {ray_engine.result(run_id, r)["pid"] for r in refs}
+    assert os.getpid() not in pids, "bodies run in Ray worker processes, not in the driver"
+    started = _events(ray_engine, run_id, "TaskStarted")
+    assert started and all(e.data["worker"]["executor"] == "ray" for e in started)
+
+
+def test_gpu_memory_packing_and_visible_devices(ray_engine, ray_cluster, tmp_path):
+    release = tmp_path / "release"
+    dag = DAG("pack")
+    # three 6,000 MB tasks on two 10,000 MB GPUs: never two on one device at the same time
+    big = [dag.add_task(where_6g, inputs={"release": str(release), "tag": f"big{i}"}) for i in range(3)]
+    run_id = ray_engine.submit(dag)
+    deadline = time.monotonic() + 60
+    while len(_events(ray_engine, run_id, "TaskStarted")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert len(_events(ray_engine, run_id, "TaskStarted")) == 2, "the third must wait for a device"
+    release.touch()
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    out = [ray_engine.result(run_id, t) for t in big]
+    assert {o["node"] for o in out} == {ray_cluster.gpu_node_id}
+    assert all(o["cuda"] in ("0", "1") for o in out)
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            if a["cuda"] == b["cuda"]:
+                assert not _overlap(a, b), f"two 6,000 MB tasks shared GPU {a['cuda']}: {a} {b}"
+    assert {o["cuda"] for o in out[:2]} == {"0", "1"} or len({o["cuda"] for o in out}) == 2
+    # what the events say matches what the task saw
+    workers = {e.data["task_id"]: e.data["worker"] for e in _events(ray_engine, run_id, "TaskStarted")}
+    for t, o in zip(big, out, strict=True):
+        assert workers[t]["gpus"] == [int(o["cuda"])] and workers[t]["node_id"] == o["node"]
+
+
+def test_small_gpu_tasks_share_a_device(ray_engine, tmp_path):
+    @task(gpu_mem=4000, cpu_num=0.5)
+    def small(release: str, tag: str) -> dict:
+        start = time.time()
+        Path(f"{release}.{tag}").touch()
+        _wait_file(release)
+        return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+
+    release = tmp_path / "release"
+    dag = DAG("share")
+    ids = [dag.add_task(small, inputs={"release": str(release), "tag": str(i)}) for i in range(4)]
+    run_id = ray_engine.submit(dag)
+    for i in range(4):   # every body is running before any may end
+        _wait_file(f"{release}.{i}", 60)
+    release.touch()
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    out = [ray_engine.result(run_id, t) for t in ids]
+    per_device = {d: [o for o in out if o["cuda"] == d] for d in ("0", "1")}
+    assert sorted(len(v) for v in per_device.values()) == [2, 2], per_device
+    for pair in per_device.values():
+        assert _overlap(pair[0], pair[1]), "two 4,000 MB tasks ran together on one 10,000 MB GPU"
+
+
+def test_two_gpus_for_one_task(ray_engine):
+    @task(resources={"gpu": 2})
+    def both() -> dict:
+        return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    dag = DAG("two")
+    t = dag.add_task(both)
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, t) == {"cuda": "0,1"}
+
+
+def test_warm_model_affinity(ray_engine, tmp_path):
+    @task(gpu_mem=6000, model_name="whisper-small")
+    def transcribe(release: str) -> dict:
+        _wait_file(release)
+        return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    @task(gpu_mem=6000)
+    def blocker(release: str) -> dict:
+        _wait_file(release)
+        return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    # GPU 0 is busy, so the model first lands on GPU 1 ...
+    hold = tmp_path / "hold"
+    dag = DAG("warm-1")
+    b = dag.add_task(blocker, inputs={"release": str(hold)})
+    run_b = ray_engine.submit(dag)
+    deadline = time.monotonic() + 60
+    while not _events(ray_engine, run_b, "TaskStarted") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dag = DAG("warm-2")
+    t1 = dag.add_task(transcribe, inputs={"release": str(tmp_path / "go")})
+    (tmp_path / "go").touch()
+    first = ray_engine.submit(dag)
+    assert ray_engine.wait(first, timeout=60)["status"] == "succeeded"
+    hold.touch()
+    assert ray_engine.wait(run_b, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_b, b)["cuda"] == "0"
+    assert ray_engine.result(first, t1)["cuda"] == "1"
+    # ... and with both GPUs free, it goes back to the GPU where the model is warm
+    dag = DAG("warm-3")
+    t2 = dag.add_task(transcribe, inputs={"release": str(tmp_path / "go")})
+    again = ray_engine.submit(dag)
+    assert ray_engine.wait(again, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(again, t2)["cuda"] == "1"
+
+
+@pytest.mark.parametrize(("resources", "expect"), [
+    ({"gpu_mem": 20000}, "20000 MB of GPU memory"),
+    ({"gpu": 3}, "needs 3 GPU(s)"),
+    ({"cpu_num": 64}, "64 CPUs"),
+    ({"mem": "4T"}, "MB of memory"),
+])
+def test_impossible_requests_fail_at_once(ray_engine, resources, expect):
+    @task
+    def noop() -> dict:
+        return {}
+
+    dag = DAG("impossible")
+    dag.add_task(noop, resources=resources)
+    started = time.monotonic()
+    with pytest.raises(DAGValidationError) as err:
+        ray_engine.submit(dag)
+    assert expect in str(err.value)
+    assert time.monotonic() - started < 5
+
+
+def test_bad_resource_values_are_named():
+    with pytest.raises(ResourceError, match="gpu: must not be negative"):
+        normalize({"gpu": -1})
+    with pytest.raises(ResourceError, match="4 bananas"):
+        normalize({"mem": "4 bananas"})
+    assert normalize({"mem": "4G"})["mem"] == 4096
+
+
+def test_cancel_kills_the_running_body_and_frees_its_gpu(ray_engine, tmp_path):
+    @task(gpu_mem=6000)
+    def hang(pidfile: str) -> dict:
+        Path(pidfile).write_text(str(os.getpid()))
+        time.sleep(120)
+        return {}
+
+    pidfile = tmp_path / "pid"
+    dag = DAG("cancel-gpu")
+    t = dag.add_task(hang, inputs={"pidfile": str(pidfile)})
+    run_id = ray_engine.submit(dag)
+    _wait_file(str(pidfile))
+    pid = int(pidfile.read_text())
+    ray_engine.cancel(run_id, t)
+    assert ray_engine.wait(run_id, timeout=30)["status"] == "cancelled"
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the worker running the cancelled task must be stopped"
+    gpus = [g for n in ray_engine.executor.describe()["nodes"] for g in n["gpus"]]
+    assert all(g["used_mb"] == 0 and g["tasks"] == 0 for g in gpus), gpus
+
+
+def test_timeout_stops_a_hanging_gpu_task(ray_engine, tmp_path):
+    @task(gpu_mem=6000, timeout=1.0)
+    def hang(pidfile: str) -> dict:
+        Path(pidfile).write_text(str(os.getpid()))
+        time.sleep(120)
+        return {}
+
+    @task
+    def fine() -> dict:
+        return {"ok": True}
+
+    pidfile = tmp_path / "pid"
+    dag = DAG("timeout-gpu")
+    dag.add_task(hang, inputs={"pidfile": str(pidfile)})
+    ok = dag.add_task(fine)
+    run_id = ray_engine.submit(dag)
+    state = ray_engine.wait(run_id, timeout=60)
+    assert state["status"] == "failed"
+    failed = _events(ray_engine, run_id, "TaskFailed")
+    assert failed and "Timeout" in failed[-1].data["error"]
+    assert ray_engine.result(run_id, ok) == {"ok": True}, "the other branch is not disturbed"
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    gpus = [g for n in ray_engine.executor.describe()["nodes"] for g in n["gpus"]]
+    assert all(g["used_mb"] == 0 for g in gpus)
+
+
+def test_worker_death_is_retried_and_recorded(ray_engine, tmp_path):
+    @task(retries=1)
+    def fragile(marker: str) -> dict:
+        if not os.path.exists(marker):
+            Path(marker).write_text("died once")
+            os._exit(1)
+        return {"survived": True}
+
+    dag = DAG("crash")
+    t = dag.add_task(fragile, inputs={"marker": str(tmp_path / "m")})
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, t) == {"survived": True}
+    retried = _events(ray_engine, run_id, "TaskRetrying")
+    assert len(retried) == 1 and retried[0].data["error"].startswith("WorkerLost"), retried
+    assert [e.data["attempt"] for e in _events(ray_engine, run_id, "TaskSucceeded")] == [2]
+
+
+def test_node_loss_retries_elsewhere(ray_engine, ray_cluster, tmp_path):
+    """A GPU node joins, a task lands on it (the other GPUs are busy), the node leaves: the
+    attempt fails as WorkerLost and the retry runs on a node that is still there."""
+    import ray
+    hold, go = tmp_path / "hold", tmp_path / "go"
+    dag = DAG("busy")
+    for i in range(2):
+        dag.add_task(where_6g, inputs={"release": str(hold), "tag": f"b{i}"})
+    busy = ray_engine.submit(dag)
+    deadline = time.monotonic() + 60
+    while len(_events(ray_engine, busy, "TaskStarted")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    node = ray_cluster.cluster.add_node(num_cpus=1, num_gpus=1, labels={"maze.gpu_mem_mb": "10000"})
+    try:
+
+        @task(gpu_mem=6000, retries=2)
+        def victim(release: str) -> dict:
+            import ray as _ray
+            _wait_file(release, 120)
+            return {"node": _ray.get_runtime_context().get_node_id()}
+
+        _until_schedulable(node.node_id)
+        ray_engine.executor.refresh(force=True)
+        dag = DAG("victim")
+        v = dag.add_task(victim, inputs={"release": str(go)})
+        run_id = ray_engine.submit(dag)
+        deadline = time.monotonic() + 60
+        while not _events(ray_engine, run_id, "TaskStarted") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = _events(ray_engine, run_id, "TaskStarted")[0].data["worker"]
+        assert first["node_id"] == node.node_id
+        time.sleep(0.5)   # let the body start on the doomed node
+        ray_cluster.cluster.remove_node(node)
+        deadline = time.monotonic() + 60
+        while not _events(ray_engine, run_id, "TaskRetrying") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lost = _events(ray_engine, run_id, "TaskRetrying")
+        assert lost and lost[0].data["error"].startswith("WorkerLost"), lost
+        go.touch()
+        hold.touch()
+        assert ray_engine.wait(run_id, timeout=90)["status"] == "succeeded"
+        assert ray_engine.result(run_id, v)["node"] == ray_cluster.gpu_node_id
+        assert ray_engine.wait(busy, timeout=60)["status"] == "succeeded"
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert node.node_id not in alive
+        assert all(n["node_id"] != node.node_id or not n["alive"]
+                   for n in ray_engine.executor.describe()["nodes"])
+    finally:
+        if node in ray_cluster.cluster.worker_nodes:
+            ray_cluster.cluster.remove_node(node)
+
+
+def test_task_runs_in_the_runs_working_directory(ray_engine, tmp_path):
+    @task
+    def write() -> dict:
+        Path("out.txt").write_text("hello")
+        return {"cwd": os.getcwd()}
+
+    workdir = tmp_path / "sandbox"
+    workdir.mkdir()
+    dag = DAG("cwd")
+    t = dag.add_task(write)
+    run_id = ray_engine.submit(dag, workdir=str(workdir))
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, t)["cwd"] == str(workdir)
+    assert (workdir / "out.txt").read_text() == "hello"
+
+
+def _until_schedulable(node_id: str) -> None:
+    """A node just added is in the GCS before every raylet can place work on it: wait for that."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def ping() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+            assert ray.get(ping.options(scheduling_strategy=strategy).remote(), timeout=10) == node_id
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
