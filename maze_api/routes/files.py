@@ -1,0 +1,152 @@
+"""File sync of a run folder (seed 001): hashes, download of chosen files, upload.
+
+Every client-given name is relative, free of NUL and ``..``, and must resolve inside the run
+folder; symbolic links are neither followed out of the folder nor served."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from maze_core.errors import NotFoundError
+from maze_core.logging import get_logger
+
+from ..archive import CHUNK, ArchiveError, iter_files
+from ..auth import Identity
+from ..context import ServerContext
+from ..deps import current_identity, get_ctx
+from ..errors import BadRequest, LoggedRoute
+from .runs import zip_response
+
+log = get_logger("maze.api")
+router = APIRouter(route_class=LoggedRoute, tags=["files"])
+
+MULTIPART_UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "additionalProperties": {"type": "string", "format": "binary"},
+    "description": "one part per file; the field name is the file's path relative to the run folder "
+                   "(e.g. output/result.png)"}}}}}
+
+
+class FileList(BaseModel):
+    files: list[str] = Field(description="paths relative to the run folder")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK * 4):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@router.get("/files/hashes/{run_id}", summary="SHA256 of every file of the run folder")
+def file_hashes(run_id: str, identity: Identity = Depends(current_identity),
+                ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
+    """``{"status": "success", "run_id", "hashes": {"relative/path": "<sha256 hex>"}}``."""
+    ctx.run_row(identity, run_id)
+    folder = ctx.existing_run_dir(run_id)
+    hashes = {}
+    for name, path in iter_files(folder):
+        try:
+            hashes[name] = sha256_file(path)
+        except OSError:
+            continue  # removed meanwhile
+    return {"status": "success", "run_id": run_id, "hashes": hashes}
+
+
+@router.post("/files/download/{run_id}", summary="Chosen files of the run folder as a ZIP",
+             response_class=StreamingResponse,
+             responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the files"}})
+def download_files(run_id: str, body: FileList, identity: Identity = Depends(current_identity),
+                   ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
+    """Body ``{"files": ["a.py", "data/input.jpg"]}``. 400 for a name outside the run folder,
+    404 for a file that does not exist."""
+    ctx.run_row(identity, run_id)
+    folder = ctx.existing_run_dir(run_id)
+    if len(body.files) > ctx.archive_limits.max_members:
+        raise BadRequest(f"at most {ctx.archive_limits.max_members} files per request")
+    chosen: list[tuple[str, Path]] = []
+    for name in dict.fromkeys(body.files):
+        path = ctx.confined(folder, name)
+        if path.is_symlink() or not path.is_file():
+            raise NotFoundError(f"run {run_id} has no file {name!r}")
+        chosen.append((path.relative_to(folder).as_posix(), path))
+    return zip_response(chosen, f"{run_id}-files.zip")
+
+
+@router.post("/files/upload/{run_id}", summary="Write files into the run folder",
+             openapi_extra=MULTIPART_UPLOAD)
+async def upload_files(run_id: str, request: Request, identity: Identity = Depends(current_identity),
+                       ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
+    """Multipart; each part's field name is the file's relative path. Every name is checked before
+    anything is written. Returns ``{"status": "success", "run_id", "files": [...], "bytes"}``."""
+    await run_in_threadpool(ctx.run_row, identity, run_id)
+    folder = await run_in_threadpool(ctx.existing_run_dir, run_id)
+    form = await request.form(max_files=ctx.archive_limits.max_members,
+                              max_fields=ctx.archive_limits.max_members, max_part_size=ctx.max_body)
+    try:
+        items = list(form.multi_items())
+        if not items:
+            raise BadRequest("no files in the request: send one multipart part per file, named by "
+                             "its path relative to the run folder")
+        return await run_in_threadpool(_write_files, ctx, identity, run_id, folder, items)
+    finally:
+        await form.close()
+
+
+def _write_files(ctx: ServerContext, identity: Identity, run_id: str, folder: Path,
+                 items: list[tuple[str, Any]]) -> dict[str, Any]:
+    targets = [(name, ctx.confined(folder, name), value) for name, value in items]
+    seen: set[Path] = set()
+    for name, path, _ in targets:
+        if path in seen:
+            raise BadRequest(f"file {name!r} appears twice in the request")
+        seen.add(path)
+    written = []
+    size = 0
+    for name, path, value in targets:
+        _prepare_parent(folder, path, name)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ArchiveError(f"cannot write {name!r}: a link or a folder is in the way")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(value, UploadFile):
+                    value.file.seek(0)
+                    while chunk := value.file.read(CHUNK * 4):
+                        size += len(chunk)
+                        out.write(chunk)
+                else:
+                    data = str(value).encode("utf-8")
+                    size += len(data)
+                    out.write(data)
+            os.replace(tmp, path)   # replaces a file; never writes through a link
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        written.append(path.relative_to(folder).as_posix())
+    log.info("files uploaded", run_id=run_id, by=identity.name, files=len(written), bytes=size)
+    return {"status": "success", "run_id": run_id, "files": written, "bytes": size}
+
+
+def _prepare_parent(folder: Path, path: Path, name: str) -> None:
+    """Create the folders leading to ``path``, refusing any step that is a link or a file."""
+    current = folder
+    for part in path.relative_to(folder).parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise ArchiveError(f"cannot write {name!r}: {current.relative_to(folder)} is a symbolic link")
+        if not current.exists():
+            current.mkdir()
+        elif not current.is_dir():
+            raise ArchiveError(f"cannot write {name!r}: {current.relative_to(folder)} is a file")

@@ -1,0 +1,232 @@
+"""Tools uploaded through the API, and reloading tools of installed packages.
+
+An uploaded tool is a ZIP extracted to ``{project_root}/maze/model_cache/{tool_name}/`` next to a
+``metadata.json``; its ``.py`` files are imported and their ``@task`` functions registered with the
+source ``upload:<tool_name>``. Registrations and removals go through the engine's registry, whose
+listener records them as ``ToolRegistered`` / ``ToolRemoved`` events. A server that starts again
+registers the uploaded tools it finds there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import importlib_metadata
+
+from maze_core import plugins
+from maze_core.errors import NotFoundError
+from maze_core.logging import get_logger
+from maze_core.registry import ToolRegistry, import_file
+
+from .archive import Limits, safe_extract
+from .errors import BadRequest, Conflict, Unprocessable
+
+log = get_logger("maze.api.tools")
+
+TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+METADATA = "metadata.json"
+UPLOAD_SOURCE = "upload:"
+
+
+def check_tool_name(name: Any) -> str:
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise BadRequest(f"invalid tool name {name!r}: use up to 64 letters, digits, '_' and '-', "
+                         f"starting with a letter or '_'")
+    return name
+
+
+def _task_files(root: Path) -> list[Path]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if path.name.startswith("_") or any(p.startswith((".", "_")) for p in rel[:-1]):
+            continue
+        if path.is_symlink():
+            continue
+        out.append(path)
+    return out
+
+
+def import_tasks(root: Path) -> list[Callable[..., Any]]:
+    """Import every module of a tool folder (its own folder importable meanwhile, for helper
+    modules) and return the ``@task`` functions each defines. An import error is the uploader's:
+    ``Unprocessable`` naming the file."""
+    funcs: list[Callable[..., Any]] = []
+    folder = str(root)
+    sys.path.insert(0, folder)
+    try:
+        for path in _task_files(root):
+            try:
+                module = import_file(path)
+            except BaseException as exc:  # SystemExit from a script, too
+                raise Unprocessable(f"tool module {path.relative_to(root)} failed to import: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            for obj in list(vars(module).values()):
+                if (inspect.isfunction(obj) and isinstance(getattr(obj, "_task_meta", None), dict)
+                        and obj.__module__ == module.__name__ and obj not in funcs):
+                    funcs.append(obj)
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path_importer_cache.pop(folder, None)
+    return funcs
+
+
+def forget_modules(root: Path) -> None:
+    """Drop modules loaded from ``root`` so that a later upload of the same name loads afresh."""
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(root):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+class UploadedTools:
+    """The tool folder and the registry, kept in step."""
+
+    def __init__(self, root: Path, registry: Any, limits: Limits):
+        self.root = root
+        self.registry = registry
+        self.limits = limits
+
+    def folder(self, name: str) -> Path:
+        """The tool's folder: a direct child of the tool root (the name holds no separator)."""
+        return self.root / check_tool_name(name)
+
+    def metadata(self, name: str) -> dict[str, Any] | None:
+        path = self.root / name / METADATA
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def installed(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.is_symlink() and TOOL_NAME.match(p.name)
+                      and (p / METADATA).is_file())
+
+    def load_all(self) -> list[str]:
+        """Register every uploaded tool found on disk (at start). A broken one is logged and skipped."""
+        registered = []
+        for name in self.installed():
+            meta = self.metadata(name) or {}
+            try:
+                funcs = import_tasks(self.root / name)
+                for func in funcs:
+                    registered.append(self.registry.register_task(
+                        func, source=UPLOAD_SOURCE + name, version=meta.get("version") or None).name)
+            except Exception as exc:
+                log.error("uploaded tool could not be loaded", tool=name, error=str(exc))
+        return registered
+
+    def install(self, name: str, archive: IO[bytes], fields: dict[str, str], uploaded_by: str) -> dict[str, Any]:
+        """Extract, import, check for clashes, write metadata.json, register. 409 when the tool or
+        one of its task names exists already; nothing is left behind on failure."""
+        folder = self.folder(name)
+        if name in self.registry and not str(self.registry.get(name).source).startswith(UPLOAD_SOURCE):
+            raise Conflict(f"a tool named {name!r} is already registered ({self.registry.get(name).source})")
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise Conflict(f"tool {name!r} already exists; delete it first to replace it") from None
+        try:
+            report = safe_extract(archive, folder, self.limits)
+            funcs = import_tasks(folder)
+            if not funcs:
+                raise Unprocessable(f"tool archive {name!r} defines no @task function in its .py files")
+            task_names = [f._task_meta["name"] for f in funcs]
+            taken = sorted({t for t in task_names if t in self.registry})
+            if taken:
+                raise Conflict(f"tool {name!r} defines task(s) already registered: {', '.join(taken)}")
+            doubled = sorted({t for t in task_names if task_names.count(t) > 1})
+            if doubled:
+                raise Unprocessable(f"tool {name!r} defines task(s) twice: {', '.join(doubled)}")
+            metadata = {"tool_name": name, **fields, "tasks": task_names, "uploaded_by": uploaded_by,
+                        "uploaded_at": time.time(), "files": report.files, "bytes": report.bytes}
+            (folder / METADATA).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+            for func in funcs:
+                self.registry.register_task(func, source=UPLOAD_SOURCE + name,
+                                            version=fields.get("version") or None)
+        except BaseException:
+            forget_modules(folder)
+            _remove(folder)
+            raise
+        return metadata
+
+    def remove(self, name: str) -> list[str]:
+        """Unregister an uploaded tool's tasks and delete its folder."""
+        folder = self.folder(name)
+        if not (folder.is_dir() and not folder.is_symlink() and (folder / METADATA).is_file()):
+            if name in self.registry:
+                raise BadRequest(f"tool {name!r} was not uploaded (source "
+                                 f"{self.registry.get(name).source}); uninstall its package instead")
+            raise NotFoundError(f"tool {name!r} does not exist")
+        source = UPLOAD_SOURCE + name
+        removed = []
+        for task_name in self.registry.names():
+            if self.registry.get(task_name).source == source:
+                self.registry.unregister(task_name, reason=f"tool {name} deleted")
+                removed.append(task_name)
+        forget_modules(folder)
+        _remove(folder)
+        return removed
+
+
+def _remove(folder: Path) -> None:
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+
+
+def reload_package_tools(registry: Any) -> dict[str, list[str]]:
+    """Bring the registry in line with the tool packages installed now, without a restart: load
+    plugins whose entry points appeared since the process started, drop those whose files are gone
+    (uninstalled), register new and changed tools and unregister tools of packages that are gone.
+    Unchanged tools are left alone (no event). A package upgraded in place keeps its
+    already-imported code until the server restarts."""
+    importlib.invalidate_caches()
+    pm = plugins.load_plugins()
+    allowed = plugins.allowed_plugins()
+    present: set[str] = set()
+    for ep in importlib_metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        present.add(ep.name)
+        if pm.get_plugin(ep.name) is None:
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # one broken package must not stop the others
+                log.error("plugin failed to load on reload", plugin=ep.name, error=str(exc))
+    for name, plugin in list(pm.list_name_plugin()):
+        file = getattr(plugin, "__file__", None)
+        if name not in present and file and not Path(file).exists():
+            pm.unregister(name=name)   # uninstalled: its entry point and its files are gone
+    fresh = ToolRegistry()
+    fresh.load_plugin_tools(pm)
+    report: dict[str, list[str]] = {"registered": [], "updated": [], "removed": [], "unchanged": []}
+    for name in fresh.names():
+        entry = fresh.get(name)
+        current = registry.get(name) if name in registry else None
+        if current is not None and current.digest == entry.digest and current.func is entry.func:
+            report["unchanged"].append(name)
+            continue
+        registry.register_task(entry.func, source=entry.source)
+        report["updated" if current is not None else "registered"].append(name)
+    for name in registry.names():
+        if str(registry.get(name).source).startswith("package:") and name not in fresh:
+            registry.unregister(name, reason="package no longer installed")
+            report["removed"].append(name)
+    return report
