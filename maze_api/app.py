@@ -55,7 +55,7 @@ def create_app(config: MazeConfig, engine: Any = None) -> FastAPI:
             await run_in_threadpool(UploadedTools(ctx.tools_root, eng.registry, ctx.archive_limits).load_all)
         app.state.maze = ctx
         log.info("server ready", executor=getattr(eng.executor, "name", None), auth=tokens.enabled,
-                 tokens=len(tokens), host=config.server.host, port=config.server.port)
+                 tokens=len(tokens))
         try:
             yield
         finally:

@@ -1,1 +1,207 @@
-"""Serves maze_api with uvicorn for ``maze start`` (issue 4)."""
+"""Serves maze_api with uvicorn: ``maze start``, ``maze stop`` and ``maze token new``.
+
+``maze start`` runs the engine, the store and the executor in the server's own process, resuming
+unfinished runs, and writes ``{data_dir}/server.json`` (pid, host, port, url) once it accepts
+connections; the file is removed when it exits. ``maze stop`` sends SIGTERM to the process named
+there, waits for it to finish, then stops the local Ray head if the Ray plugin started one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maze_core import hookimpl
+
+SERVER_FILE = "server.json"
+
+
+def _process_started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), to tell it from a later process with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    """Whether the process recorded in server.json is still that process."""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _zombie(pid):   # exited, not yet reaped by its parent
+        return False
+    started = info.get("process_started")
+    return started is None or _process_started(pid) in (None, started)
+
+
+def read_server_file(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((data_dir / SERVER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _write_server_file(data_dir: Path, info: dict[str, Any]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{SERVER_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, data_dir / SERVER_FILE)
+
+
+def _remove_server_file(data_dir: Path) -> None:
+    info = read_server_file(data_dir)
+    if info is not None and info.get("pid") == os.getpid():
+        (data_dir / SERVER_FILE).unlink(missing_ok=True)
+
+
+def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> None:
+    import uvicorn
+
+    from maze_api import create_app
+
+    app = create_app(config)
+    data_dir = config.data_dir
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit or not self.servers:
+                return
+            bound = self.servers[0].sockets[0].getsockname()
+            url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            _write_server_file(data_dir, {
+                "pid": os.getpid(), "process_started": _process_started(os.getpid()),
+                "host": bound[0], "port": bound[1], "url": f"http://{url_host}:{bound[1]}",
+                "started_at": time.time(), "config": config.source, "ray_head": ray_head})
+
+    level = config.logging.level.lower()
+    server = Server(uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=level,
+                                   log_config=None, timeout_graceful_shutdown=5, server_header=False))
+    try:
+        server.run()
+    finally:
+        _remove_server_file(data_dir)
+    if not server.started:
+        raise click.ClickException(f"the server could not start on {host}:{port} (see the log above)")
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    @cli.command("start")
+    @click.option("--host", default=None, help="Address to bind (default: [server] host, 127.0.0.1).")
+    @click.option("--port", type=click.IntRange(0, 65535), default=None,
+                  help="Port to listen on (default: [server] port, 8000).")
+    @click.option("--head", is_flag=True, help="Also start a Ray head node here and run tasks on it.")
+    @click.option("--ray-port", type=click.IntRange(1, 65535), default=6379, show_default=True,
+                  help="Port of the Ray head (with --head).")
+    @click.pass_obj
+    def start_cmd(obj: Any, host: str | None, port: int | None, head: bool, ray_port: int) -> None:
+        """Serve the Maze API (engine, store and executor in this process) until stopped."""
+        from maze_core.errors import ConfigError, MazeError
+        from maze_core.logging import setup_logging
+
+        config = obj.config
+        setup_logging(config.logging.level, config.logging.format)   # the server logs at its level
+        if host is not None:
+            config.server.host = host
+        if port:
+            config.server.port = port
+        host, port = config.server.host, port if port is not None else config.server.port
+        data_dir = config.data_dir
+        running = read_server_file(data_dir)
+        if running is not None and _alive(running):
+            raise click.ClickException(f"a Maze server is already running from {data_dir} "
+                                       f"(pid {running['pid']}, {running.get('url')}); `maze stop` first")
+        try:   # check the security settings before starting anything
+            from maze_api.auth import TokenTable, check_exposure
+            check_exposure(config, TokenTable.from_config(config))
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        address = None
+        if head:
+            try:
+                from maze_ray.cluster import start_head
+            except ImportError as exc:
+                raise click.ClickException(f"--head needs the Ray plugin (maze_ray.cluster): {exc}") from None
+            address = start_head(ray_port)
+            ray_section = dict(config.section("ray"))
+            ray_section["address"] = address
+            config.ray = ray_section   # [ray] address: the engine's Ray executor joins this head
+            if config.engine.executor == "local":
+                config.engine.executor = "ray"
+            click.echo(f"Ray head started at {address}; workers join with `maze worker --address {address}`",
+                       err=True)
+        try:
+            _serve(config, host, port, ray_head=address)
+        except MazeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    @cli.command("stop")
+    @click.option("--timeout", type=float, default=30.0, show_default=True,
+                  help="Seconds to wait for the server to finish.")
+    @click.pass_obj
+    def stop_cmd(obj: Any, timeout: float) -> None:
+        """Stop the server started by `maze start` (and the Ray head `maze start --head` started)."""
+        data_dir = obj.config.data_dir
+        info = read_server_file(data_dir)
+        if info is None:
+            click.echo(f"no Maze server is running from {data_dir}")
+            return
+        elif not _alive(info):
+            (data_dir / SERVER_FILE).unlink(missing_ok=True)
+            click.echo(f"the server (pid {info.get('pid')}) was not running; removed its stale {SERVER_FILE}")
+        else:
+            pid = info["pid"]
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(info) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(info):
+                raise click.ClickException(f"the server (pid {pid}) did not stop within {timeout:g}s")
+            (data_dir / SERVER_FILE).unlink(missing_ok=True)
+            click.echo(f"stopped the Maze server (pid {pid})")
+        if not info.get("ray_head"):
+            return   # no Ray head of ours: never stop a Ray someone else runs on this machine
+        try:
+            from maze_ray.cluster import stop_ray
+        except ImportError:
+            return
+        stop_ray()
+        click.echo(f"stopped the Ray head ({info['ray_head']})")
+
+    @cli.group("token")
+    def token_group() -> None:
+        """API tokens for [server] tokens."""
+
+    @token_group.command("new")
+    @click.argument("name")
+    def token_new(name: str) -> None:
+        """Print a fresh token for NAME and the config line holding only its hash."""
+        from maze_api.auth import hash_token
+        token = secrets.token_urlsafe(32)
+        click.echo(f"token (give it to {name}; it is shown once): {token}")
+        click.echo(f'[server] tokens entry: "{name}={hash_token(token)}"')
