@@ -39,7 +39,7 @@ from maze_core.dag import DAG
 from ._files import ProjectFiles, safe_extract, zip_project
 from ._http import HTTP, RetryPolicy, join_params
 from ._wire import dag_payload
-from .exceptions import MazeAPIError, MazeWaitTimeoutError
+from .exceptions import MazeAPIError, MazeServerError, MazeWaitTimeoutError
 from .models import (
     ClusterInfo,
     Event,
@@ -383,8 +383,14 @@ class MazeClient:
     # ---- server (seed 004) -------------------------------------------------------------------
 
     def health_check(self) -> Health:
-        """The server's status, version and counts (``GET /health``)."""
-        return Health.from_dict(self._http.json("GET", "/health") or {})
+        """The server's status, version and counts (``GET /health``). A server that answers 503
+        with its health (the engine stopped) gives ``Health(status="error")``, not an exception."""
+        try:
+            return Health.from_dict(self._http.json("GET", "/health") or {})
+        except MazeServerError as exc:
+            if exc.status_code == 503 and isinstance(exc.detail, Mapping) and "status" in exc.detail:
+                return Health.from_dict(exc.detail)
+            raise
 
     def get_gpu_info(self) -> ClusterInfo:
         """The cluster's nodes and their GPUs (``GET /cluster``): ``info.available`` is True when

@@ -236,7 +236,7 @@ class RunSummary(_DictAccess):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run_id: str = "") -> RunSummary:
         return cls(run_id=_first(data, "run_id", "id", default=run_id),
-                   status=_first(data, "status", "run_status", "state", default="unknown"),
+                   status=_first(data, "run_status", "status", "state", default="unknown"),
                    tasks=_tasks_from(data.get("tasks")), name=_first(data, "name", default=""),
                    raw=dict(data))
 
@@ -297,16 +297,21 @@ class GPUInfo(_DictAccess):
     index: int | None = None
     name: str | None = None
     memory_total: float | None = None
+    memory_used: float | None = None
     memory_free: float | None = None
     utilization: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GPUInfo:
-        return cls(index=_first(data, "index", "id"), name=data.get("name"),
-                   memory_total=_first(data, "memory_total", "memory_total_mb", "gpu_mem", "memory"),
-                   memory_free=_first(data, "memory_free", "memory_free_mb", "free_mem"),
-                   utilization=_first(data, "utilization", "util"), raw=dict(data))
+        total = _first(data, "memory_mb", "memory_total", "memory_total_mb", "gpu_mem")
+        used = _first(data, "used_mb", "memory_used", "memory_used_mb")
+        free = _first(data, "free_mb", "memory_free", "memory_free_mb")
+        if free is None and isinstance(total, int | float) and isinstance(used, int | float):
+            free = max(total - used, 0)
+        return cls(index=_first(data, "index", "id"), name=data.get("name"), memory_total=total,
+                   memory_used=used, memory_free=free, utilization=_first(data, "utilization", "util"),
+                   raw=dict(data))
 
 
 @dataclass
@@ -344,7 +349,7 @@ class ClusterInfo(_DictAccess):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClusterInfo:
         nodes = [NodeInfo.from_dict(n) for n in data.get("nodes") or () if isinstance(n, Mapping)]
-        if not nodes and ("gpus" in data or "devices" in data):  # a single-node answer
+        if not nodes and isinstance(data.get("gpus") or data.get("devices"), list):  # one node
             nodes = [NodeInfo.from_dict({**data, "gpus": data.get("gpus") or data.get("devices")})]
         available = data.get("available")
         return cls(available=any(n.available for n in nodes) if available is None else bool(available),
@@ -371,9 +376,9 @@ class Health(_DictAccess):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Health:
-        counts = _first(data, "counts", default=None)
+        counts = data.get("counts")
         if not isinstance(counts, Mapping):
-            counts = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            counts = {}
         return cls(status=_first(data, "status", default="unknown"), version=data.get("version"),
                    counts=dict(counts), raw=dict(data))
 

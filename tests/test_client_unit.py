@@ -546,9 +546,30 @@ def test_tools_and_cluster_and_health_are_dataclasses():
     info = client.get_gpu_info()
     assert isinstance(info, ClusterInfo) and info.available and info.get("available") is True
     assert [g.name for g in info.gpus] == ["A100"] and info.gpus[0].memory_total == 40960
+    assert info.gpus[0].memory_free == 1000 and info.devices == info.gpus
     assert [n.node_id for n in info.nodes] == ["n1", "n2"] and not info.nodes[0].available
     health = client.health_check()
     assert isinstance(health, Health) and health.ok and health["counts"] == {"runs": 3}
+
+
+def test_health_check_reports_a_stopped_engine_instead_of_raising():
+    sleeps: list[float] = []
+    body = {"status": "error", "version": "0.1.0", "engine": "stopped"}
+    client, server = make_client(sequence(httpx.Response(503, json=body)), sleeps, max_retries=2)
+    health = client.health_check()
+    assert health.status == "error" and not health.ok and health["engine"] == "stopped"
+    assert len(server.requests) == 3                  # 503 is retried first, like any GET
+    client, _ = make_client(sequence(httpx.Response(503, json={"detail": "starting"})), [], max_retries=0)
+    with pytest.raises(exceptions.MazeServerError):
+        client.health_check()
+
+
+def test_summary_prefers_the_run_status_over_the_envelope_status():
+    summary = RunSummary.from_dict({"status": "success", "run_status": "running", "run_id": "r",
+                                    "tasks": [{"task_id": "t1", "status": "queued", "task_status": "pending",
+                                               "duration_s": None}]})
+    assert summary.status == "running" and not summary.finished
+    assert summary.tasks[0].status == "queued" and not summary.tasks[0].done
 
 
 def test_model_parsing_is_tolerant():
