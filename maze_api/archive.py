@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 CHUNK = 1 << 16
-RATIO_FLOOR = 1 << 20  # a member must inflate past 1 MB before its ratio is judged
+RATIO_FLOOR = 256 * 1024  # a member must inflate past 256 KB before its ratio is judged
 
 
 class ArchiveError(ValueError):
