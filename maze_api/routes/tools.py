@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from maze_core import runtime
 from maze_core.logging import get_logger
 
 from ..auth import Identity
@@ -105,10 +106,17 @@ def delete_tool(tool_name: str, identity: Identity = Depends(require_admin),
 @router.post("/tools/reload", summary="Reload installed tool packages (admin)")
 def reload_tools(identity: Identity = Depends(require_admin),
                  ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
-    """Picks up tool packages installed (or uninstalled) since the server started: ``{"status",
-    "registered", "updated", "removed", "unchanged"}`` (tool names)."""
+    """Picks up tool packages installed, upgraded or uninstalled since the server started (and the
+    ``[tools] paths`` folders as they are now): ``{"status", "registered", "updated", "removed",
+    "unchanged"}`` (tool names), plus ``packages`` and ``problems`` where the core reports them.
+    Each change is recorded as a ``ToolRegistered`` / ``ToolRemoved`` event."""
     with ctx.tools_lock:
-        report = reload_package_tools(ctx.engine.registry)
+        reload_tools = getattr(runtime, "reload_tools", None)
+        if reload_tools is not None:   # the core's reload, shared with `maze tools reload`
+            report = reload_tools(ctx.config, ctx.engine.registry, store=ctx.store,
+                                  actor=identity.name).to_dict()
+        else:
+            report = reload_package_tools(ctx.engine.registry)
     log.info("tools reloaded", by=identity.name, registered=report["registered"],
              updated=report["updated"], removed=report["removed"])
     return {"status": "success", **report}

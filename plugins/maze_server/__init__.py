@@ -87,6 +87,14 @@ def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> No
     data_dir = config.data_dir
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # a requested stop is a normal exit: clean up and return 0 rather than have uvicorn
+            # re-raise the signal once it has shut down
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.should_exit or not self.servers:

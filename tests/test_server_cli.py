@@ -1,0 +1,236 @@
+"""``maze start`` / ``maze stop`` / ``maze token new``: the real command in subprocesses serving the
+real API (engine, store and executor in the server process), and the ``--head`` and Ray hand-offs
+with the Ray side replaced by fakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+from click.testing import CliRunner
+
+import maze_server
+from maze_api.auth import hash_token
+from maze_core import task
+from maze_core.cli import _Ctx
+from maze_core.dag import DAG
+from tests.conftest import maze_exe
+
+TOKEN = "cli-test-token-0123456789abc"
+
+
+@pytest.fixture
+def env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAZE_")}
+    env.update({"MAZE_PATHS_DATA_DIR": str(tmp_path / "data"), "MAZE_PATHS_PROJECT_ROOT": str(tmp_path),
+                "MAZE_LOAD_PLUGINS": "sqlite,local,daps,server", "MAZE_ENGINE_EXECUTOR": "local",
+                "MAZE_ENGINE_SCHEDULER": "fifo", "MAZE_LOGGING_LEVEL": "WARNING",
+                "MAZE_SERVER_TOKENS": json.dumps([f"ops={TOKEN}"]), "MAZE_SERVER_ADMINS": "ops",
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def maze(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([maze_exe(), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=env["MAZE_PATHS_PROJECT_ROOT"])
+
+
+def start(env: dict[str, str]) -> tuple[subprocess.Popen, dict]:
+    """``maze start --port 0`` in the background; returns it and its server.json once it serves."""
+    server_file = Path(env["MAZE_PATHS_DATA_DIR"]) / "server.json"
+    proc = subprocess.Popen([maze_exe(), "start", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=env["MAZE_PATHS_PROJECT_ROOT"])
+    deadline = time.monotonic() + 60
+    while True:
+        if server_file.exists():
+            info = json.loads(server_file.read_text())
+            if info["pid"] == proc.pid:
+                return proc, info
+        if proc.poll() is not None:
+            raise AssertionError(f"maze start exited with {proc.returncode}: {proc.stdout.read()}")
+        assert time.monotonic() < deadline, "maze start did not write server.json in time"
+        time.sleep(0.02)
+
+
+def stop_hard(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def submit(url: str, dag: DAG) -> str:
+    response = httpx.post(url + "/submit_workflow/", headers={"Authorization": f"Bearer {TOKEN}"},
+                          files={"workflow_payload": ("w.json", json.dumps(dag.to_wire()))}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["run_id"]
+
+
+def wait_status(url: str, run_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = httpx.get(f"{url}/runs/{run_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        if run["status"] != "running":
+            return run
+        assert time.monotonic() < deadline, run
+        time.sleep(0.02)
+
+
+def test_start_serves_and_stop_stops(env):
+    @task
+    def double(x: int) -> dict:   # local: shipped by value, as a user's script function is
+        return {"y": 2 * x}
+
+    proc, info = start(env)
+    try:
+        assert info["host"] == "127.0.0.1" and info["port"] > 0 and info["ray_head"] is None
+        url = info["url"]
+        health = httpx.get(url + "/health").json()
+        assert health["status"] == "ok" and health["executor"] == "local"
+        assert httpx.get(url + "/runs").status_code == 401        # tokens from the environment
+        dag = DAG("cli")
+        t1 = dag.add_task(double, inputs={"x": 21})
+        run_id = submit(url, dag)
+        assert wait_status(url, run_id)["status"] == "succeeded"
+        result = httpx.post(url + "/get/", json={"run_id": run_id, "task_id": t1},
+                            headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert result["data"] == {"y": 42}
+        again = maze(env, "start", "--port", "0")
+        assert again.returncode == 1 and "already running" in again.stderr
+        stopped = maze(env, "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"pid {proc.pid}" in stopped.stdout
+        assert proc.wait(15) == 0
+        assert not (Path(env["MAZE_PATHS_DATA_DIR"]) / "server.json").exists()
+    finally:
+        stop_hard(proc)
+
+
+def test_a_restarted_server_resumes_unfinished_runs(env, tmp_path):
+    gate_file = tmp_path / "gate"
+
+    @task
+    def wait_for_gate(path: str) -> dict:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(path)
+            time.sleep(0.01)
+        return {"ok": True}
+
+    proc, info = start(env)
+    try:
+        dag = DAG("resumable")
+        dag.add_task(wait_for_gate, inputs={"path": str(gate_file)})
+        run_id = submit(info["url"], dag)
+        deadline = time.monotonic() + 20
+        while httpx.post(info["url"] + "/get/", json={"run_id": run_id, "task_id": "t1"},
+                         headers={"Authorization": f"Bearer {TOKEN}"}).json()["maze_status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)   # the server dies mid-task
+        proc.wait(10)
+        proc, info = start(env)            # a stale server.json does not stop a new start
+        gate_file.touch()
+        assert wait_status(info["url"], run_id)["status"] == "succeeded"
+        events = httpx.get(f"{info['url']}/runs/{run_id}/events",
+                           headers={"Authorization": f"Bearer {TOKEN}"}).json()["events"]
+        assert "RunResumed" in [e["type"] for e in events]
+        assert maze(env, "stop").returncode == 0
+        assert proc.wait(15) == 0
+    finally:
+        stop_hard(proc)
+
+
+def test_start_refuses_to_listen_beyond_loopback_without_tokens(env):
+    del env["MAZE_SERVER_TOKENS"], env["MAZE_SERVER_ADMINS"]
+    result = maze(env, "start", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert "beyond loopback" in result.stderr
+    assert not (Path(env["MAZE_PATHS_DATA_DIR"]) / "server.json").exists()
+
+
+def test_stop_without_a_server(env):
+    result = maze(env, "stop")
+    assert result.returncode == 0 and "no Maze server is running" in result.stdout
+    data = Path(env["MAZE_PATHS_DATA_DIR"])
+    data.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (data / "server.json").write_text(json.dumps({"pid": dead.pid, "url": "http://127.0.0.1:1"}))
+    result = maze(env, "stop")
+    assert result.returncode == 0 and "stale" in result.stdout
+    assert not (data / "server.json").exists()
+
+
+def test_token_new_prints_a_token_and_its_hash(env):
+    result = maze(env, "token", "new", "alice")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.split("shown once): ", 1)[1].split()[0]
+    assert len(token) >= 32
+    assert f'"alice={hash_token(token)}"' in result.stdout
+
+
+# ---------------------------------------------------------------------------- --head and Ray, faked
+@pytest.fixture
+def cli(tmp_path):
+    config = tmp_path / "maze.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n[engine]\nexecutor = "local"\n'
+                      f'[logging]\nlevel = "WARNING"\n')
+
+    @click.group()
+    @click.pass_context
+    def root(ctx: click.Context) -> None:
+        ctx.obj = _Ctx(str(config))
+
+    maze_server.register_commands(cli=root)
+    return root
+
+
+def test_head_without_the_ray_plugin_is_a_clear_error(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "maze_ray.cluster", None)   # import fails
+    result = CliRunner().invoke(cli, ["start", "--head", "--port", "0"])
+    assert result.exit_code == 1
+    assert "--head needs the Ray plugin" in result.output
+
+
+def test_head_starts_ray_and_points_the_engine_at_it(cli, monkeypatch):
+    calls = {}
+    fake = types.ModuleType("maze_ray.cluster")
+    fake.start_head = lambda port: calls.setdefault("head", port) and "10.1.2.3:7000"
+    monkeypatch.setitem(sys.modules, "maze_ray.cluster", fake)
+
+    def fake_serve(config, host, port, ray_head=None):
+        calls["serve"] = (host, port, ray_head, config.section("ray").get("address"), config.engine.executor)
+
+    monkeypatch.setattr(maze_server, "_serve", fake_serve)
+    result = CliRunner().invoke(cli, ["start", "--head", "--ray-port", "7000", "--port", "9123"])
+    assert result.exit_code == 0, result.output
+    assert calls["head"] == 7000
+    assert calls["serve"] == ("127.0.0.1", 9123, "10.1.2.3:7000", "10.1.2.3:7000", "ray")
+
+
+def test_stop_stops_ray_only_when_this_server_started_a_head(cli, monkeypatch, tmp_path):
+    stopped = []
+    fake = types.ModuleType("maze_ray.cluster")
+    fake.stop_ray = lambda: stopped.append(True)
+    monkeypatch.setitem(sys.modules, "maze_ray.cluster", fake)
+    data = tmp_path / "data"
+    data.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (data / "server.json").write_text(json.dumps({"pid": dead.pid, "ray_head": None}))
+    assert CliRunner().invoke(cli, ["stop"]).exit_code == 0
+    assert stopped == []
+    (data / "server.json").write_text(json.dumps({"pid": dead.pid, "ray_head": "10.1.2.3:7000"}))
+    result = CliRunner().invoke(cli, ["stop"])
+    assert result.exit_code == 0 and stopped == [True]
+    assert "stopped the Ray head" in result.output
