@@ -39,7 +39,7 @@ from maze_core.dag import DAG
 from ._files import ProjectFiles, safe_extract, zip_project
 from ._http import HTTP, RetryPolicy, join_params
 from ._wire import dag_payload
-from .exceptions import MazeAPIError, MazeServerError, MazeWaitTimeoutError
+from .exceptions import MazeAPIError, MazeAuthenticationError, MazeServerError, MazeWaitTimeoutError
 from .models import (
     ClusterInfo,
     Event,
@@ -53,6 +53,8 @@ from .models import (
 __all__ = ["DEFAULT_URL", "MazeClient", "connect"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# the events that end a run's event stream ("end": the server's engine stopped)
+_LAST_EVENTS = frozenset({"RunSucceeded", "RunFailed", "RunCancelled", "end"})
 _TOOL_FIELDS = {"description": "description", "type": "tool_type", "tool_type": "tool_type",
                 "version": "version", "author": "author", "usage_notes": "usage_notes"}
 
@@ -83,6 +85,7 @@ class MazeClient:
     :param transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
     :param sleep: the function that waits between retries (tests pass a recorder).
     :param pickle_by_value: ship the functions of the user's own modules by value (see ``_wire``).
+    :param wait_with_events: ``wait`` follows the run's event stream (else it only polls).
 
     Use it as a context manager, or call :meth:`close`, to release its pooled connections.
     """
@@ -93,13 +96,15 @@ class MazeClient:
                  transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None,
                  verify: Any = True, sleep: Callable[[float], None] = time.sleep,
                  random_source: Callable[[], float] = random.random,
-                 pickle_by_value: bool = True, max_connections: int = 100) -> None:
+                 pickle_by_value: bool = True, wait_with_events: bool = True,
+                 max_connections: int = 100) -> None:
         self.server_url = _normalize_url(server_url or os.environ.get("MAZE_SERVER_URL") or DEFAULT_URL)
         self.token = token if token is not None else (os.environ.get("MAZE_TOKEN") or None)
         self.timeout = timeout
         self.retry_policy = RetryPolicy(max_retries=max_retries, backoff_factor=backoff_factor,
                                         backoff_max=backoff_max, retry_after_max=retry_after_max)
         self.pickle_by_value = pickle_by_value
+        self.wait_with_events = wait_with_events
         self._http = HTTP(self.server_url, token=self.token, timeout=timeout, policy=self.retry_policy,
                           transport=transport, headers=dict(headers or {}), verify=verify, sleep=sleep,
                           random=random_source,
@@ -189,17 +194,58 @@ class MazeClient:
     def wait(self, run_id: str, timeout: float | None = None, progress: bool = False,
              poll_interval: float = 0.5) -> Run:
         """Block until the run is finished and return it; raise ``MazeWaitTimeoutError`` after
-        ``timeout`` seconds. Polls quickly at first (a few ms), then backs off to
-        ``poll_interval``. ``progress=True`` draws a rich progress bar of finished tasks."""
+        ``timeout`` seconds. ``progress=True`` draws a rich progress bar of finished tasks.
+
+        One look at the run first; if it is still going, the client follows the run's event
+        stream (server-sent events) and returns as soon as the run's last event arrives. Where the
+        stream cannot be had it polls instead, every few ms at first, backing off to
+        ``poll_interval`` seconds."""
+        run_id = str(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         if progress:
-            return self._wait_with_progress(str(run_id), deadline, timeout, poll_interval)
-        delay = 0.002
-        while True:
+            return self._wait_with_progress(run_id, deadline, timeout, poll_interval)
+        run = self.get_run(run_id)
+        if run.finished:
+            return run
+        if self.wait_with_events and self._await_last_event(run_id, deadline, timeout, run.status):
             run = self.get_run(run_id)
             if run.finished:
                 return run
+        delay = 0.002
+        while True:
             delay = self._pause(deadline, delay, poll_interval, run_id, timeout, run.status)
+            run = self.get_run(run_id)
+            if run.finished:
+                return run
+
+    def _await_last_event(self, run_id: str, deadline: float | None, timeout: float | None,
+                          status: str) -> bool:
+        """Follow ``/runs/{run_id}/events/stream`` until the run's last event (or the server ends
+        the stream). False when the stream is not available or broke: the caller polls instead."""
+        read = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        try:
+            response = self._http.request("GET", f"/runs/{_seg(run_id)}/events/stream", stream=True,
+                                          headers={"Accept": "text/event-stream"},
+                                          timeout=httpx.Timeout(self.timeout, read=read))
+        except MazeAPIError as exc:
+            if isinstance(exc, MazeAuthenticationError):
+                raise
+            return False
+        try:
+            for line in response.iter_lines():
+                if line.startswith("event:") and line[6:].strip() in _LAST_EVENTS:
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            else:
+                return True                                 # the server ended the stream
+        except httpx.ReadTimeout:
+            pass
+        except httpx.TransportError:
+            return False
+        finally:
+            response.close()
+        raise MazeWaitTimeoutError(f"run {run_id} is still {status} after {timeout} s", url=f"/runs/{run_id}")
 
     def _pause(self, deadline: float | None, delay: float, poll_interval: float, run_id: str,
                timeout: float | None, status: str) -> float:

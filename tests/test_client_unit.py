@@ -597,16 +597,47 @@ def test_wait_polls_until_finished(monkeypatch):
     monkeypatch.setattr("maze_client.client.time.sleep", pauses.append)
     client, server = make_client(sequence(httpx.Response(200, json={"run_id": "r1", "status": "running"}),
                                           httpx.Response(200, json={"run_id": "r1", "status": "running"}),
-                                          httpx.Response(200, json={"run_id": "r1", "status": "failed"})))
+                                          httpx.Response(200, json={"run_id": "r1", "status": "failed"})),
+                                 wait_with_events=False)
     run = client.wait("r1")
     assert run.status == "failed" and run.finished
     assert len(server.requests) == 3 and pauses[0] < pauses[1] <= 0.5  # quick first, then longer
 
 
-def test_wait_times_out(monkeypatch):
-    client, _ = make_client(sequence(httpx.Response(200, json={"run_id": "r1", "status": "running"})))
+def stream_server(sse: bytes | None, statuses: list[str]):
+    """/runs/r1 answers the statuses in turn; the event stream answers ``sse`` (404 if None)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/runs/r1/events/stream":
+            if sse is None:
+                return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return httpx.Response(200, json={"run_id": "r1", "status": status})
+    return handler
+
+
+def test_wait_follows_the_event_stream_until_the_last_event(monkeypatch):
+    monkeypatch.setattr("maze_client.client.time.sleep", _no_sleep)
+    sse = (b"retry: 15000\n\n: keep-alive\n\nid: 1\nevent: RunSubmitted\ndata: {}\n\n"
+           b"id: 2\nevent: TaskSucceeded\ndata: {}\n\nid: 3\nevent: RunSucceeded\ndata: {}\n\n"
+           b"id: 4\nevent: NeverRead\ndata: {}\n\n")
+    client, server = make_client(stream_server(sse, ["running", "succeeded"]))
+    assert client.wait("r1", timeout=5).status == "succeeded"
+    assert server.paths == ["/runs/r1", "/runs/r1/events/stream", "/runs/r1"]
+    assert server.requests[1].headers["accept"] == "text/event-stream"
+
+
+def test_wait_polls_when_the_event_stream_is_missing(monkeypatch):
+    monkeypatch.setattr("maze_client.client.time.sleep", lambda s: None)
+    client, server = make_client(stream_server(None, ["running", "running", "cancelled"]))
+    assert client.wait("r1").status == "cancelled"
+    assert server.paths == ["/runs/r1", "/runs/r1/events/stream", "/runs/r1", "/runs/r1"]
+
+
+def test_wait_times_out_while_following_the_stream(monkeypatch):
+    client, _ = make_client(stream_server(b": keep-alive\n\n" * 5, ["running"]))
     with pytest.raises(exceptions.MazeWaitTimeoutError, match="still running"):
-        client.wait("r1", timeout=0.05, poll_interval=0.01)
+        client.wait("r1", timeout=0)
 
 
 def test_wait_with_progress_bar(monkeypatch):
