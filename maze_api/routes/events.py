@@ -26,6 +26,7 @@ from ..deps import current_identity, get_ctx
 from ..errors import LoggedRoute
 
 router = APIRouter(route_class=LoggedRoute, tags=["events"])
+RETRY_MS = 2000
 
 
 @router.get("/runs/{run_id}/events", summary="A run's events after a sequence number")
@@ -83,7 +84,7 @@ async def stream_events(run_id: str, request: Request,
         unsubscribe = ctx.engine.subscribe(on_events)
         gone = asyncio.ensure_future(_disconnected(request))
         try:
-            yield f"retry: {int(ctx.heartbeat_s * 1000)}\n\n"
+            yield f"retry: {RETRY_MS}\n\n"   # how long a client waits before reconnecting
             while True:
                 wake.clear()
                 events = await run_in_threadpool(ctx.store.read_stream, stream, version)
