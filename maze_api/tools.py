@@ -9,6 +9,7 @@ registers the uploaded tools it finds there.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import cloudpickle
 import importlib_metadata
 
 from maze_core import plugins
@@ -70,10 +72,14 @@ def import_tasks(root: Path) -> list[Callable[..., Any]]:
             except BaseException as exc:  # SystemExit from a script, too
                 raise Unprocessable(f"tool module {path.relative_to(root)} failed to import: "
                                     f"{type(exc).__name__}: {exc}") from None
-            for obj in list(vars(module).values()):
-                if (inspect.isfunction(obj) and isinstance(getattr(obj, "_task_meta", None), dict)
-                        and obj.__module__ == module.__name__ and obj not in funcs):
-                    funcs.append(obj)
+            found = [obj for obj in list(vars(module).values())
+                     if inspect.isfunction(obj) and isinstance(getattr(obj, "_task_meta", None), dict)
+                     and obj.__module__ == module.__name__ and obj not in funcs]
+            if found:
+                # its private module name exists only here: executors that ship functions to other
+                # processes (Ray) must send them by value
+                cloudpickle.register_pickle_by_value(module)
+            funcs.extend(found)
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -86,6 +92,8 @@ def forget_modules(root: Path) -> None:
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if file and Path(file).resolve().is_relative_to(root):
+            with contextlib.suppress(ValueError):
+                cloudpickle.unregister_pickle_by_value(module)
             del sys.modules[name]
     importlib.invalidate_caches()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -527,6 +528,12 @@ def test_tool_upload_list_use_and_delete(alice, bob, api):
     tool = tools["wordtool_count"]
     assert tool["version"] == "2.0" and tool["author"] == "alice" and tool["tool_name"] == name
     assert tool["type"] == "cpu" and tool["description"] == "Count words" and tool["source"] == f"upload:{name}"
+    # its function travels by value to processes that lack its private module (Ray workers)
+    func = api["engine"].registry.get("wordtool_count").func
+    loaded = subprocess.run([sys.executable, "-c", "import cloudpickle, sys; "
+                             "print(cloudpickle.loads(sys.stdin.buffer.read())(text='a b c d'))"],
+                            input=cloudpickle.dumps(func), capture_output=True, timeout=60)
+    assert loaded.stdout.decode().strip() == "{'words': 4}", loaded.stderr.decode()
     # recorded in the log
     events = api["engine"].store.read_stream(ev.tool_stream("wordtool_count"))
     assert events[-1].type == "ToolRegistered" and events[-1].data["version"] == "2.0"
