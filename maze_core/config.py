@@ -48,8 +48,8 @@ class PathsConfig(_Section):
 
 class EngineConfig(_Section):
     store: str = "sqlite"
-    executor: str = "local"
-    scheduler: str = "fifo"
+    executor: str = "auto"      # "auto": "ray" where it is installed and registered, else "local"
+    scheduler: str = "daps"
     retries: int = Field(0, ge=0, le=100)
     retry_backoff: float = Field(0.5, ge=0)
     retry_backoff_max: float = Field(30.0, ge=0)
@@ -76,6 +76,7 @@ class SqliteConfig(_Section):
 
 class ToolsConfig(_Section):
     paths: list[str] = []
+    package_root: str = ""   # "": each tool file is imported on its own (seed 003 package_root_path)
 
 
 class LoggingConfig(_Section):

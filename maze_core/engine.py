@@ -135,6 +135,7 @@ class Engine:
         self.store, self.executor, self.scheduler, self.registry = store, executor, scheduler, registry
         self.config = config or MazeConfig()
         self.actor = actor
+        self._isolated = bool(getattr(executor, "isolates_inputs", False))
         ec = self.config.engine
         self._backoff, self._backoff_max = ec.retry_backoff, ec.retry_backoff_max
         self._inline_limit, self._max_batch = ec.inline_result_limit, ec.max_batch
@@ -194,6 +195,10 @@ class Engine:
                 raise EngineError(f"this engine is {self._state}; an engine starts once")
             self._state = "running"
         self.executor.start(self._report)
+        try:
+            self.scheduler.learn_from(self.store)
+        except Exception:  # noqa: BLE001 - a policy that cannot learn still schedules
+            log.exception("the scheduling policy could not learn from the store")
         self._observers = _ObserverThread.maybe_start()
         self._thread = threading.Thread(target=self._loop, name="maze-engine", daemon=True)
         self._thread.start()
@@ -751,7 +756,7 @@ class Engine:
         from .dag import resolve_inputs
         deps = spec.get("dependencies") or ()
         if not deps:  # each attempt gets its own copy: a task mutating its inputs changes nothing else
-            return copy.deepcopy(spec["inputs"])
+            return spec["inputs"] if self._isolated else copy.deepcopy(spec["inputs"])
         live = self._live.setdefault(state.run_id, {})
         outputs = {}
         for dep in deps:
@@ -763,7 +768,8 @@ class Engine:
                                           t.result_ref, self.store.get_blob)
             if self._unserved.get(state.run_id, {}).get(dep, 1) > 0:
                 live[dep] = outputs[dep]   # after a resume: consumers may still come
-        return copy.deepcopy(resolve_inputs(spec["inputs"], state.tasks.keys(), outputs))
+        kwargs = resolve_inputs(spec["inputs"], state.tasks.keys(), outputs)
+        return kwargs if self._isolated else copy.deepcopy(kwargs)
 
     def _served(self, run_id: str, deps: Iterable[str]) -> None:
         """A consumer of ``deps`` was dispatched for the first time: once every consumer of a

@@ -56,6 +56,9 @@ class Executor(ABC):
     may come from any thread."""
 
     name: str = "executor"
+    #: True when bodies receive their own copy of the inputs anyway (they are serialised to another
+    #: process): the engine then skips its defensive deep copy.
+    isolates_inputs: bool = False
 
     @abstractmethod
     def start(self, report: Report) -> None:

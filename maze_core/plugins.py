@@ -104,9 +104,27 @@ def schedulers() -> dict[str, Callable[..., Any]]:
     return _collect(load_plugins().hook.register_schedulers, "scheduler")
 
 
+AUTO_EXECUTORS = ("ray", "local")   # what ``executor = "auto"`` tries, in order
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def pick(kind: str, name: str) -> Callable[..., Any]:
-    """The factory of the ``kind`` ('store', 'executor', 'scheduler') called ``name``."""
+    """The factory of the ``kind`` ('store', 'executor', 'scheduler') called ``name``.
+
+    ``executor = "auto"`` is the first of ``AUTO_EXECUTORS`` that is registered (and, for
+    ``ray``, whose library is installed)."""
     table = {"store": stores, "executor": executors, "scheduler": schedulers}[kind]()
+    if kind == "executor" and name == "auto":
+        for candidate in AUTO_EXECUTORS:
+            if candidate in table and (candidate != "ray" or _importable("ray")):
+                return table[candidate]
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
         hint = " (MAZE_LOAD_PLUGINS is set)" if allowed_plugins() is not None else ""

@@ -48,3 +48,7 @@ class Scheduler(ABC):
 
     def observe(self, event: Any) -> None:  # noqa: B027 - optional
         """Learn from a committed event (``maze_core.events.Event``)."""
+
+    def learn_from(self, store: Any) -> None:  # noqa: B027 - optional
+        """Called once when the engine starts, with its ``EventStore``: learn from the history
+        (for example ``store.task_durations()``) before the first task is dispatched."""

@@ -90,6 +90,13 @@ class EventStore(ABC):
     def list_tools(self, include_removed: bool = False) -> list[dict[str, Any]]:
         """The ``tools`` rows, by name."""
 
+    def task_durations(self, limit: int = 5000) -> list[tuple[str, float]]:
+        """``(func_name, duration_s)`` of the most recent succeeded tasks, oldest first."""
+        rows = [r for r in self.projection_rows("tasks")
+                if r.get("status") == "succeeded" and r.get("duration_s") is not None]
+        rows.sort(key=lambda r: r.get("finished_at") or 0)
+        return [(r["func_name"], r["duration_s"]) for r in rows[-limit:]]
+
     @abstractmethod
     def projection_rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of projection ``table`` (``runs``, ``tasks``, ``tools``) as stored."""

@@ -1,13 +1,37 @@
-"""Scheduling policies for Maze. ``fifo``: ready tasks in the order they became ready, with
-backfilling (a task that fits goes ahead of one that does not fit yet)."""
+"""Scheduling policies for Maze.
+
+- ``daps`` (the default): runs with the least estimated work left first, with an ageing credit so
+  none starves; within a run, the task on the longest estimated path to the end first. Durations
+  are learned per tool from the event history. See ``daps.py``.
+- ``fifo``: ready tasks in the order they became ready, with backfilling.
+
+Both pass over a task that does not fit the executor now for one that does (backfilling).
+``[daps] aging`` (seconds of work credited per second of waiting) and ``[daps] alpha`` (the weight
+of each new duration) tune the policy.
+"""
 
 from maze_core import hookimpl
 
+from .daps import DapsScheduler, DurationModel
 from .fifo import FifoScheduler
 
-__all__ = ["FifoScheduler"]
+__all__ = ["DapsScheduler", "DurationModel", "FifoScheduler"]
+
+
+def _daps(config):
+    from maze_core.errors import ConfigError
+    section = config.section("daps") if config is not None else {}
+    unknown = set(section) - {"aging", "alpha", "default_s"}
+    if unknown:
+        raise ConfigError(f"[daps]: unknown keys {', '.join(sorted(unknown))}; known: aging, alpha, default_s")
+    try:
+        return DapsScheduler(aging=float(section.get("aging", 0.5)), alpha=float(section.get("alpha", 0.3)),
+                             default_s=float(section.get("default_s", 1.0)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[daps]: {exc}") from None
 
 
 @hookimpl
 def register_schedulers(register):
     register("fifo", lambda config: FifoScheduler())
+    register("daps", _daps)

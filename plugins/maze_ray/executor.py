@@ -148,6 +148,7 @@ def _read_gpu_memory() -> list[int]:
 
 class RayExecutor(Executor):
     name = "ray"
+    isolates_inputs = True      # arguments are serialised into the worker: always a copy
 
     def __init__(self, cfg: RayConfig | None = None):
         self.cfg = cfg or RayConfig()
@@ -155,7 +156,7 @@ class RayExecutor(Executor):
         self._report: Report | None = None
         self._ledger = GpuLedger()
         self._jobs: dict[tuple[str, str], _Job] = {}
-        self._remotes: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(func) -> (func, remote)
+        self._remotes: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # -> (func, remote)
         self._cpu_total = 0.0
         self._mem_total = 0
         self._cpu_held = 0.0           # admitted (running or in the backlog)
@@ -350,14 +351,22 @@ class RayExecutor(Executor):
             self._ledger.free(grant)
 
     # ------------------------------------------------------------------ work
-    def _remote_for(self, func: Any) -> Any:
+    def _remote_for(self, func: Any, opts: dict[str, Any]) -> Any:
+        """The Ray remote function running ``func`` with these options, exported once and kept
+        (Ray validates options on every ``.options()`` call: a cost per task worth saving)."""
         import ray
-        key = id(func)
+        strategy = opts.get("scheduling_strategy")
+        key = (id(func), opts["num_cpus"], opts.get("memory"), opts.get("num_gpus"),
+               strategy.node_id if strategy is not None else None)
         hit = self._remotes.get(key)
         if hit is not None and hit[0] is func:
             self._remotes.move_to_end(key)
             return hit[1]
-        remote = ray.remote(max_retries=0)(_make_body(func))
+        base = self._remotes.get((id(func),))
+        if base is None or base[0] is not func:
+            base = (func, ray.remote(max_retries=0)(_make_body(func)))
+            self._remotes[(id(func),)] = base
+        remote = base[1].options(**opts)
         self._remotes[key] = (func, remote)
         while len(self._remotes) > REMOTE_CACHE:
             self._remotes.popitem(last=False)
@@ -381,8 +390,7 @@ class RayExecutor(Executor):
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(grant.node_id, soft=False)
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)
-        remote = self._remote_for(inv.func)
-        ref = remote.options(**opts).remote(inv.kwargs, ctx)
+        ref = self._remote_for(inv.func, opts).remote(inv.kwargs, ctx)
         job = _Job(inv, ref, grant, cpu, mem, worker)
         key = (inv.run_id, inv.task_id)
         with self._lock:

@@ -351,6 +351,12 @@ class SqliteStore(EventStore):
         where = "" if include_removed else " WHERE status IS NOT 'removed'"
         return _dicts(self._conn().execute(f"{_SELECT_ROWS['tools']}{where} ORDER BY name"))
 
+    def task_durations(self, limit: int = 5000) -> list[tuple[str, float]]:
+        rows = self._conn().execute(
+            "SELECT func_name, duration_s FROM tasks WHERE status = 'succeeded' AND duration_s IS NOT "
+            "NULL ORDER BY finished_at DESC LIMIT ?", (int(limit),)).fetchall()
+        return [(f, d) for f, d in reversed(rows)]
+
     def projection_rows(self, table: str) -> list[dict[str, Any]]:
         if table not in TABLES:
             raise ValueError(f"unknown projection table {table!r}; known: {', '.join(TABLES)}")
