@@ -87,7 +87,8 @@ def wait_status(url: str, run_id: str, timeout: float = 30) -> dict:
 def test_start_serves_and_stop_stops(env):
     @task
     def double(x: int) -> dict:   # local: shipped by value, as a user's script function is
-        return {"y": 2 * x}
+        import os
+        return {"y": 2 * x, "tokens_in_env": "MAZE_SERVER_TOKENS" in os.environ}
 
     proc, info = start(env)
     try:
@@ -102,7 +103,7 @@ def test_start_serves_and_stop_stops(env):
         assert wait_status(url, run_id)["status"] == "succeeded"
         result = httpx.post(url + "/get/", json={"run_id": run_id, "task_id": t1},
                             headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        assert result["data"] == {"y": 42}
+        assert result["data"] == {"y": 42, "tokens_in_env": False}   # what tasks (and workers) see
         again = maze(env, "start", "--port", "0")
         assert again.returncode == 1 and "already running" in again.stderr
         stopped = maze(env, "stop")

@@ -146,9 +146,12 @@ def register_commands(cli: Any) -> None:
                                        f"(pid {running['pid']}, {running.get('url')}); `maze stop` first")
         try:   # check the security settings before starting anything
             from maze_api.auth import TokenTable, check_exposure
-            check_exposure(config, TokenTable.from_config(config))
+            check_exposure(config, TokenTable.from_config(config))   # hashes the tokens in config
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        # plain tokens given through the environment must not reach the processes this one starts
+        # (executor workers inherit its environment)
+        os.environ.pop("MAZE_SERVER_TOKENS", None)
         address = None
         if head:
             try:
