@@ -153,6 +153,18 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
                     value = _env_list(var, raw)
                 out.setdefault(section, {})[key] = value
                 break
+        else:
+            # a plugin's own section ([ray], [daps] ...): MAZE_RAY_ADDRESS -> [ray] address; the
+            # plugin validates its section (a JSON array or object is decoded, for list keys)
+            section, sep, key = rest.partition("_")
+            if sep and section and key:
+                value = raw
+                if raw.lstrip()[:1] in ("[", "{"):
+                    try:
+                        value = json.loads(raw)
+                    except ValueError:
+                        raise ConfigError(f"environment variable {var}: not valid JSON: {raw!r}") from None
+                out.setdefault(section, {})[key] = value
     return out
 
 

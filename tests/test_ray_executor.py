@@ -385,3 +385,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------- commands
+def test_maze_cluster_shows_nodes_and_gpus(ray_cluster, cli_env):
+    import json
+    import subprocess
+
+    from .conftest import maze_exe
+    env = {**cli_env, "MAZE_RAY_ADDRESS": ray_cluster.address}
+    out = subprocess.run([maze_exe(), "cluster", "--json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    nodes = {n["node_id"]: n for n in info["nodes"] if n["alive"]}
+    assert ray_cluster.gpu_node_id in nodes and ray_cluster.head_node_id in nodes
+    gpus = nodes[ray_cluster.gpu_node_id]["gpus"]
+    assert [(g["index"], g["memory_mb"]) for g in gpus] == [(0, 10000), (1, 10000)]
+    assert nodes[ray_cluster.gpu_node_id]["cpu"] == 4
+    text = subprocess.run([maze_exe(), "cluster"], env=env, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "gpu 1: 10000 MB" in text.stdout
+
+
+def test_maze_worker_rejects_a_bad_address(cli_env):
+    import subprocess
+
+    from .conftest import maze_exe
+    out = subprocess.run([maze_exe(), "worker", "--address", "nohost"], env=cli_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "HOST:PORT" in out.stderr
+    out = subprocess.run([maze_exe(), "worker", "--address", "h:1", "--gpu-mem", "lots"], env=cli_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "MB per GPU" in out.stderr

@@ -62,8 +62,9 @@ def cluster_cmd(obj, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     cap = info["capacity"]
+    running = info["running_tasks"] if info["running_tasks"] >= 0 else "unknown (no state API)"
     click.echo(f"{cap['nodes']} node(s), {cap['cpu']:g} CPUs, {cap['mem']} MB, {cap['gpu']:g} GPUs; "
-               f"running tasks: {info['running_tasks']}")
+               f"Maze tasks running: {running}")
     for n in info["nodes"]:
         state = "alive" if n["alive"] else "dead"
         click.echo(f"  {n['node_id'][:12]} {n['address']:<15} {state:<5} cpu={n['cpu']:g} "
