@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 import uvicorn
 
 
@@ -52,3 +54,22 @@ def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Leave structlog and the stdlib root logger as they were: an app or engine built inside
+    configures logging once per process (``ensure_logging``), which later tests would inherit."""
+    configured = structlog.is_configured()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)

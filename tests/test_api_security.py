@@ -22,7 +22,7 @@ import structlog
 
 from maze_api import create_app
 from maze_api.auth import TokenTable, hash_token, is_loopback
-from maze_api.testing import serve
+from maze_api.testing import logging_restored, serve
 from maze_core import events as ev
 from maze_core.config import load_config
 from maze_core.engine import Engine
@@ -36,6 +36,12 @@ BOB = "bob-user-token-11111111111111"
 CAROL = "carol-user-token-2222222222222"
 MAX_BODY_MB = 0.25
 SECRET = b"top secret outside the run folder"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_logging_as_found():
+    with logging_restored():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from maze_api import create_app
-from maze_api.testing import serve
+from maze_api.testing import logging_restored, serve
 from maze_core import events as ev
 from maze_core.dag import DAG
 from maze_core.engine import Engine
@@ -29,6 +29,12 @@ from tests.conftest import make_config
 ALICE = "alice-secret-token-0123456789"   # admin
 BOB = "bob-secret-token-0123456789ab"     # user
 GATES: dict[str, threading.Event] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_logging_as_found():
+    with logging_restored():
+        yield
 
 
 @task

@@ -20,12 +20,19 @@ from click.testing import CliRunner
 
 import maze_server
 from maze_api.auth import hash_token
+from maze_api.testing import logging_restored
 from maze_core import task
 from maze_core.cli import _Ctx
 from maze_core.dag import DAG
 from tests.conftest import maze_exe
 
 TOKEN = "cli-test-token-0123456789abc"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_logging_as_found():
+    with logging_restored():
+        yield
 
 
 @pytest.fixture
