@@ -39,24 +39,40 @@ def _install_roots() -> list[Path]:
     return [Path(r).resolve() for r in roots if r]
 
 
+def _location(module: ModuleType) -> Path | None:
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        paths = list(getattr(module, "__path__", None) or [])   # a namespace package
+        filename = paths[0] if paths else None
+    return Path(filename).resolve() if filename else None
+
+
 def user_modules(dag: DAG) -> list[ModuleType]:
-    """Modules of the DAG's functions that belong to the user's project, not the installation."""
+    """Modules of the DAG's functions that belong to the user's project, not the installation.
+
+    For a function of ``mypkg.tasks`` the whole top-level package ``mypkg`` is returned (when it
+    too is the user's), so that what ``mypkg.tasks`` uses from ``mypkg.helpers`` travels as well."""
     roots = _install_roots()
+
+    def is_users(module: ModuleType | None) -> bool:
+        path = _location(module) if module is not None else None
+        return path is not None and not any(path.is_relative_to(root) for root in roots)
+
     found: dict[str, ModuleType] = {}
     for node in dag.tasks.values():
         name = getattr(node.func, "__module__", None)
-        if not name or name == "__main__" or name in found:
+        if not name or name == "__main__":
             continue
-        if name.split(".")[0] in _MAZE_PACKAGES or name.split(".")[0].startswith("maze_tool_"):
+        top = name.split(".")[0]
+        if top in _MAZE_PACKAGES or top.startswith("maze_tool_"):
             continue
         module = sys.modules.get(name)
-        filename = getattr(module, "__file__", None)
-        if module is None or not filename:
+        if not is_users(module):
             continue
-        path = Path(filename).resolve()
-        if any(path.is_relative_to(root) for root in roots):
-            continue
-        found[name] = module
+        top_module = sys.modules.get(top)
+        chosen = top_module if top_module is not None and is_users(top_module) else module
+        assert chosen is not None
+        found.setdefault(chosen.__name__, chosen)
     return list(found.values())
 
 

@@ -768,10 +768,44 @@ def test_functions_of_user_modules_are_pickled_by_value(tmp_path, monkeypatch):
         sys.modules.pop("my_user_tasks", None)
 
 
+def test_a_user_package_travels_whole(tmp_path, monkeypatch):
+    pkg = tmp_path / "my_user_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("def factor():\n    return 7\n")
+    (pkg / "tasks.py").write_text(textwrap.dedent("""
+        from maze_client import task
+        from my_user_pkg.helpers import factor
+
+        @task
+        def scale(x: int) -> dict:
+            return {"y": factor() * x}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from my_user_pkg import tasks  # type: ignore[import-not-found]
+    try:
+        from maze_client._wire import user_modules
+        dag = maze_client.DAG()
+        dag.add_task(tasks.scale, inputs={"x": 2})
+        assert [m.__name__ for m in user_modules(dag)] == ["my_user_pkg"]
+        client, server = make_client(sequence(httpx.Response(200, json={"run_id": "r"})))
+        client.submit_dag(dag)
+        body = json.loads(multipart_parts(server.requests[0])["workflow_payload"][1])["tasks"]["t1"]
+        code = ("import base64, sys, cloudpickle; f = cloudpickle.loads(base64.b64decode(sys.argv[1])); "
+                "print(f(x=3)['y'])")
+        proc = subprocess.run([sys.executable, "-c", code, body["serialized_func"]], capture_output=True,
+                              text=True, cwd="/", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "21"
+    finally:
+        for name in [m for m in sys.modules if m == "my_user_pkg" or m.startswith("my_user_pkg.")]:
+            del sys.modules[name]
+
+
 def test_maze_and_main_functions_are_left_to_cloudpickle():
     from maze_client._wire import user_modules
     from maze_core.demo import load_corpus
     dag = maze_client.DAG()
     dag.add_task(load_corpus, inputs={"limit": 1})  # maze's own package: the server has it
     dag.add_task(double, inputs={"x": 1})           # this test module is not installed: by value
-    assert [m.__name__ for m in user_modules(dag)] == [__name__]
+    assert [m.__name__ for m in user_modules(dag)] == [__name__.split(".")[0]]  # its package, whole
