@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import uuid
 import zipfile
@@ -22,7 +21,7 @@ from maze_client.models import ClusterInfo, Event, Health, Run, RunSummary, Task
 from tests.conftest import make_config
 
 pytest.importorskip("maze_api")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 ALICE = "alice-token-0123456789abcdef"    # admin
 BOB = "bob-token-0123456789abcdef-xyz"    # plain user
@@ -65,6 +64,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """The URL of a live server; the engine, store and executor run inside it."""
     from maze_api import create_app
+    from maze_api.testing import logging_restored, serve
 
     tmp = tmp_path_factory.mktemp("maze-server")
     cfg = make_config(tmp)
@@ -72,20 +72,8 @@ def server(tmp_path_factory):
     cfg.server.admins = ["alice"]
     cfg.server.max_body_mb = MAX_BODY_MB
     cfg.logging.level = "WARNING"
-    app = create_app(cfg)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    yield {"url": f"http://127.0.0.1:{port}", "root": tmp}
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with logging_restored(), serve(create_app(cfg)) as url:   # later tests see logging as it was
+        yield {"url": url, "root": tmp}
 
 
 @pytest.fixture
