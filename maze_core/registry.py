@@ -547,21 +547,27 @@ class ToolRegistry:
                     continue  # already logged at ERROR by register_task
         return registered
 
-    def load_plugin_tools(self, pm: Any) -> list[str]:
+    def load_plugin_tools(self, pm: Any, versions: dict[str, str] | None = None) -> list[str]:
         """Collect tools from every plugin's ``register_tools(register)`` hook.
 
-        Each function lands with source ``"package:<plugin name>"``. A plugin whose hook raises is
-        logged at ERROR and skipped; a function that cannot be registered is logged and skipped.
-        Returns the names registered."""
+        Each function lands with source ``"package:<plugin name>"``. ``versions`` maps plugin
+        names to their package's version, given to tools that declare none. A plugin whose hook
+        raises is logged at ERROR and skipped; a function that cannot be registered is logged and
+        skipped. Returns the names registered."""
         registered: list[str] = []
         for impl in pm.hook.register_tools.get_hookimpls():
             if impl.hookwrapper or impl.wrapper:
                 continue
             source = f"package:{impl.plugin_name}"
+            package_version = (versions or {}).get(impl.plugin_name)
 
-            def register(func: Callable[..., Any], _source: str = source) -> None:
+            def register(func: Callable[..., Any], _source: str = source,
+                         _version: str | None = package_version) -> None:
+                declared = getattr(func, "_task_meta", None)
+                undeclared = isinstance(declared, dict) and declared.get("version") in (None, DEFAULT_VERSION)
                 try:
-                    registered.append(self.register_task(func, source=_source).name)
+                    registered.append(self.register_task(
+                        func, source=_source, version=_version if undeclared else None).name)
                 except TaskDefinitionError:
                     pass  # already logged at ERROR by register_task
 
