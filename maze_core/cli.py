@@ -260,10 +260,18 @@ def _installed(file: Path) -> bool:
 
 
 def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progress: bool,
-             as_json: bool) -> None:
+             as_json: bool, show_sinks: bool = True) -> dict[str, dict[str, Any]]:
+    """Run ``dag`` (a DAG, or a function of the started engine that builds one) to its end, print
+    it and return its tasks; exit 1 if it did not succeed."""
+    from .dag import DAG
     engine = obj.engine(executor)
     engine.start(resume=False)
     try:
+        if not isinstance(dag, DAG):
+            try:
+                dag = dag(engine)
+            except (RuntimeError, ValueError) as exc:
+                raise UsageFailure(str(exc)) from None
         with RunProgress(engine, enabled=progress and not as_json):
             try:
                 run_id = engine.submit(dag, name=name)
@@ -280,11 +288,12 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
     finally:
         engine.stop(wait=False)
     tasks = _print_run(engine.store, run_id, as_json)
-    if not as_json and run["status"] == "succeeded":
+    if not as_json and show_sinks and run["status"] == "succeeded":
         for sink in dag.sinks():
             click.echo(f"{sink} -> {json.dumps(tasks[sink].get('result'), ensure_ascii=False)}")
     if run["status"] != "succeeded":
         sys.exit(1)
+    return tasks
 
 
 @cli.command("run")
@@ -303,15 +312,45 @@ def run_cmd(obj: _Ctx, file: Path, dag_name: str | None, name: str | None, execu
     _run_dag(obj, dag, name, executor, progress, as_json)
 
 
+DEMO_EXAMPLES = {
+    "basic": "fan-out, fan-in, a retried failure and a summary",
+    "rag": "read documents, chunk, embed (a real model, one branch per document), index, answer "
+           "questions with sources (needs the maze-tool-* packages and torch)",
+}
+
+
 @cli.command("demo")
+@click.option("--example", type=click.Choice(sorted(DEMO_EXAMPLES)), default="basic", show_default=True,
+              help="Which example: " + "; ".join(f"{k}: {v}" for k, v in DEMO_EXAMPLES.items()) + ".")
+@click.option("--docs", type=click.Path(file_okay=False, path_type=Path),
+              help="rag: folder of documents to read (default: the bundled ones).")
+@click.option("-q", "--question", "questions", multiple=True,
+              help="rag: a question to answer (repeatable; default: the bundled ones).")
 @click.option("--executor", help="Executor plugin to use (overrides [engine] executor).")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def demo_cmd(obj: _Ctx, executor: str | None, progress: bool, as_json: bool) -> None:
-    """Run the bundled demo: fan-out, fan-in, a retried failure and a summary."""
-    from .demo import build_demo_dag
-    _run_dag(obj, build_demo_dag(key=uuid.uuid4().hex), "maze-demo", executor, progress, as_json)
+def demo_cmd(obj: _Ctx, example: str, docs: Path | None, questions: tuple[str, ...],
+             executor: str | None, progress: bool, as_json: bool) -> None:
+    """Run a bundled example workflow (default: fan-out, fan-in, a retried failure and a summary)."""
+    if example == "basic":
+        from .demo import build_demo_dag
+        _run_dag(obj, build_demo_dag(key=uuid.uuid4().hex), "maze-demo", executor, progress, as_json)
+        return
+    from .demo import rag
+    try:
+        rag.require_tools()  # before the engine starts: a clear message, nothing recorded
+    except RuntimeError as exc:
+        raise UsageFailure(str(exc)) from None
+    obj.config  # noqa: B018 - configuration errors first
+    started = time.perf_counter()
+    tasks = _run_dag(obj, lambda engine: rag.build_rag_dag(
+        docs if docs is not None else rag.DOCS, list(questions) or None,
+        on_gpu=rag.gpu_available(engine.executor)), "maze-demo-rag", executor, progress, as_json,
+        show_sinks=False)
+    if not as_json:
+        report = next(t["result"] for t in tasks.values() if t["name"] == "report")
+        click.echo("\n" + rag.format_report(report, time.perf_counter() - started))
 
 
 @cli.command("resume")
@@ -483,20 +522,93 @@ def tools_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def tools_list(obj: _Ctx, as_json: bool) -> None:
-    """Every registered tool with its version, source and resources."""
+    """Every registered tool (name@version) with its type, source and description."""
     from .registry import task_registry
     from .runtime import load_tools, tool_sync_events
-    load_tools(obj.config, task_registry)
+    problems = load_tools(obj.config, task_registry)
     store = obj.store()
     store.append(tool_sync_events(store, task_registry, "cli"))  # what is installed is on record
     tools = task_registry.list_tasks()
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
     if as_json:
         _echo_json(tools)
         return
     if not tools:
         click.echo("no tools registered (install a maze-tool-* package or set [tools] paths)")
     for t in tools:
-        click.echo(f"{t['name']:<24} {t['version']:<8} {t['type']:<4} {t['source']:<28} {t['description']}")
+        ref = f"{t['name']}@{t['version']}"
+        click.echo(f"{ref:<32} {t['type']:<4} {t['source']:<24} {t['description']}")
+
+
+@tools_group.command("show")
+@click.argument("name")
+@pass_ctx
+def tools_show(obj: _Ctx, name: str) -> None:
+    """One tool's metadata as JSON: NAME or NAME@VERSION (refused if another version is installed)."""
+    from .registry import task_registry
+    from .runtime import load_tools
+    load_tools(obj.config, task_registry)
+    tool_name, _, version = name.partition("@")
+    try:
+        entry = task_registry.get(tool_name)
+    except MazeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if version and version != entry.version:
+        raise click.ClickException(f"tool {tool_name!r} is version {entry.version} here, not {version}")
+    _echo_json({"ref": f"{entry.name}@{entry.version}", "source": entry.source, "digest": entry.digest,
+                **entry.meta.to_dict()})
+
+
+@tools_group.command("reload")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+def tools_reload(obj: _Ctx, as_json: bool) -> None:
+    """Re-read installed tool packages and [tools] paths and record what changed.
+
+    Packages installed, upgraded or uninstalled (pip) since the log last saw them, and tool files
+    added, changed or removed in the tool folders, become ToolRegistered / ToolRemoved events, plus
+    one ToolsReloaded event with this report. A running server picks them up with POST /tools/reload."""
+    from .registry import task_registry
+    from .runtime import reload_tools
+    report = reload_tools(obj.config, task_registry, store=obj.store(), actor="cli")
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    for name, error in report.packages.failed.items():
+        click.echo(f"package {name} failed to load: {error}", err=True)
+    for label, names in (("registered", report.registered), ("updated", report.updated),
+                         ("removed", report.removed)):
+        for name in names:
+            version = f"@{task_registry.get(name).version}" if name in task_registry else ""
+            click.echo(f"{label:<10} {name}{version}")
+    changed = len(report.registered) + len(report.updated) + len(report.removed)
+    click.echo(f"{changed} changed, {len(report.unchanged)} unchanged, {len(task_registry)} tools")
+    if report.packages.failed:
+        sys.exit(1)
+
+
+@tools_group.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder in which maze-tool-NAME/ is created.")
+@click.option("--force", is_flag=True, help="Overwrite the scaffold's files in an existing folder.")
+def tools_new(name: str, parent: Path, force: bool) -> None:
+    """Scaffold a tool package maze-tool-NAME: pyproject with an entry point, one @task, one test.
+
+    NAME: lowercase letters and digits, words joined by '-' or '_' (e.g. sentiment, pdf-tables).
+    The package passes its own test as it is (python -m pytest in its folder)."""
+    from .scaffold import ScaffoldError, scaffold_tool_package
+    try:
+        target = scaffold_tool_package(name, parent, force=force)
+    except ScaffoldError as exc:
+        raise UsageFailure(str(exc)) from None
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    click.echo(f"created {target}/: {', '.join(files)}")
+    click.echo(f"next:\n  cd {target} && python -m pytest      # its test passes as it is\n"
+               f"  pip install -e {target} && maze tools reload   # its tools appear in `maze tools`")
 
 
 @cli.command("config")
