@@ -417,3 +417,16 @@ def test_maze_worker_rejects_a_bad_address(cli_env):
     out = subprocess.run([maze_exe(), "worker", "--address", "h:1", "--gpu-mem", "lots"], env=cli_env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "MB per GPU" in out.stderr
+
+
+def test_an_unreachable_cluster_is_a_clear_error_in_seconds(cli_env, tmp_path):
+    import subprocess
+
+    from .conftest import maze_exe
+    env = {**cli_env, "MAZE_ENGINE_EXECUTOR": "ray", "MAZE_RAY_ADDRESS": "127.0.0.1:9"}
+    started = time.monotonic()
+    out = subprocess.run([maze_exe(), "demo"], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode != 0
+    assert "no Ray head answers at 127.0.0.1:9" in out.stderr
+    assert time.monotonic() - started < 30

@@ -32,12 +32,17 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from maze_core.errors import MazeError
 from maze_core.executor import Executor, Invocation, Report, TaskUpdate
 from maze_core.resources import mem_bytes
 
 from .ledger import Gpu, GpuLedger, Node, Placement
 
 log = structlog.get_logger("maze.ray")
+
+
+class ExecutorError(MazeError):
+    """The Ray executor cannot work (no cluster at the address, Ray failed to start)."""
 
 GPU_MEM_LABEL = "maze.gpu_mem_mb"      # node label: memory per GPU in MB ("10000" or "10000,24000")
 REFRESH_S = 2.0                         # how often the view of the cluster is re-read when busy
@@ -128,6 +133,23 @@ def _make_body(func: Any) -> Any:
     return maze_task
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a HOST:PORT address (ray.init keeps
+    retrying an unreachable GCS for a long time)."""
+    import socket
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutorError(f"[ray] address must be HOST:PORT, 'auto' or '', got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorError(f"no Ray head answers at {address} ({exc}); start one with "
+                            f"`maze start --head` or fix [ray] address") from None
+
+
 def _read_gpu_memory() -> list[int]:
     """Memory (MB) of each GPU on this machine, by nvidia-smi, or [] where there is none."""
     exe = shutil.which("nvidia-smi")
@@ -177,7 +199,14 @@ class RayExecutor(Executor):
         import ray
         self._report = report
         if not ray.is_initialized():
-            self._init_ray(ray)
+            try:
+                self._init_ray(ray)
+            except ExecutorError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+                where = self.cfg.address or "an embedded Ray"
+                raise ExecutorError(f"could not start the Ray executor on {where}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         self.refresh(force=True)
         self._started = True
 
@@ -186,6 +215,7 @@ class RayExecutor(Executor):
         common = {"namespace": cfg.namespace, "logging_level": "WARNING", "log_to_driver": True,
                   "configure_logging": False}
         if cfg.address:
+            _check_reachable(cfg.address)
             ray.init(address=cfg.address, **common)
         else:
             opts: dict[str, Any] = {"include_dashboard": False}
@@ -459,7 +489,7 @@ class RayExecutor(Executor):
         except BaseException as exc:  # noqa: BLE001 - Ray's failure becomes the attempt's failure
             kind = _failure_name(exc)
             if kind == "WorkerLost":
-                self.refresh(force=True)
+                self._refreshed_at = 0.0     # re-read the nodes before the next placement
             update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
                                 error=f"{kind}: {str(exc).strip().splitlines()[0] if str(exc) else kind}",
                                 traceback="".join(traceback.format_exception_only(type(exc), exc)))
