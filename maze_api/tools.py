@@ -1,4 +1,4 @@
-"""Tools uploaded through the API, and reloading tools of installed packages.
+"""Tools uploaded through the API (reloading installed packages is maze_core.runtime.reload_tools).
 
 An uploaded tool is a ZIP extracted to ``{project_root}/maze/model_cache/{tool_name}/`` next to a
 ``metadata.json``; its ``.py`` files are imported and their ``@task`` functions registered with the
@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
-import importlib_metadata
 
-from maze_core import plugins
 from maze_core.errors import NotFoundError
 from maze_core.logging import get_logger
-from maze_core.registry import ToolRegistry, import_file
+from maze_core.registry import import_file
 
 from .archive import Limits, safe_extract
 from .errors import BadRequest, Conflict, Unprocessable
@@ -197,44 +195,3 @@ def _remove(folder: Path) -> None:
         folder.unlink()
     elif folder.exists():
         shutil.rmtree(folder)
-
-
-def reload_package_tools(registry: Any) -> dict[str, list[str]]:
-    """Bring the registry in line with the tool packages installed now, without a restart: load
-    plugins whose entry points appeared since the process started, drop those whose files are gone
-    (uninstalled), register new and changed tools and unregister tools of packages that are gone.
-    Unchanged tools are left alone (no event). A package upgraded in place keeps its
-    already-imported code until the server restarts."""
-    importlib.invalidate_caches()
-    pm = plugins.load_plugins()
-    allowed = plugins.allowed_plugins()
-    present: set[str] = set()
-    for ep in importlib_metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
-        if allowed is not None and ep.name not in allowed:
-            continue
-        present.add(ep.name)
-        if pm.get_plugin(ep.name) is None:
-            try:
-                pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # one broken package must not stop the others
-                log.error("plugin failed to load on reload", plugin=ep.name, error=str(exc))
-    for name, plugin in list(pm.list_name_plugin()):
-        file = getattr(plugin, "__file__", None)
-        if name not in present and file and not Path(file).exists():
-            pm.unregister(name=name)   # uninstalled: its entry point and its files are gone
-    fresh = ToolRegistry()
-    fresh.load_plugin_tools(pm)
-    report: dict[str, list[str]] = {"registered": [], "updated": [], "removed": [], "unchanged": []}
-    for name in fresh.names():
-        entry = fresh.get(name)
-        current = registry.get(name) if name in registry else None
-        if current is not None and current.digest == entry.digest and current.func is entry.func:
-            report["unchanged"].append(name)
-            continue
-        registry.register_task(entry.func, source=entry.source)
-        report["updated" if current is not None else "registered"].append(name)
-    for name in registry.names():
-        if str(registry.get(name).source).startswith("package:") and name not in fresh:
-            registry.unregister(name, reason="package no longer installed")
-            report["removed"].append(name)
-    return report

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import pytest
 from maze_api import create_app
 from maze_api.testing import logging_restored, serve
 from maze_core import events as ev
+from maze_core import runtime
 from maze_core.dag import DAG
 from maze_core.engine import Engine
 from maze_core.registry import ToolRegistry, task
@@ -593,12 +595,69 @@ def test_deleting_a_tool_that_was_not_uploaded_is_refused(alice, api):
         registry.unregister("summarize")
 
 
-def test_tools_reload_needs_admin_and_reports(alice, bob):
-    assert bob.post("/tools/reload").status_code == 403
-    response = alice.post("/tools/reload")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["status"] == "success" and set(body) >= {"registered", "updated", "removed", "unchanged"}
+RELOAD_PACKAGE = """
+from maze_core import hookimpl, task
+
+@task(name="apiprobe_echo", description="echo")
+def echo(text: str) -> dict:
+    return {"echo": text}
+
+@hookimpl
+def register_tools(register):
+    register(echo)
+"""
+
+
+def test_tools_reload_picks_up_a_package_installed_after_start(alice, bob, api, tmp_path, monkeypatch):
+    """A tool package lands in site-packages (a dist-info with a ``maze`` entry point, as pip
+    writes it) while the server runs: POST /tools/reload registers its tools, records them, and a
+    workflow can use them; uninstalled, the next reload removes them."""
+    from maze_core import plugins
+    monkeypatch.delenv("MAZE_LOAD_PLUGINS", raising=False)
+    site = tmp_path / "site"
+    (site / "maze_tool_apiprobe").mkdir(parents=True)
+    (site / "maze_tool_apiprobe" / "__init__.py").write_text(RELOAD_PACKAGE)
+    info = site / "maze_tool_apiprobe-1.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: maze-tool-apiprobe\nVersion: 1.0.0\n")
+    (info / "entry_points.txt").write_text("[maze]\napiprobe = maze_tool_apiprobe\n")
+    (info / "RECORD").write_text("maze_tool_apiprobe/__init__.py,,\n")
+    plugins.load_plugins()
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert bob.post("/tools/reload").status_code == 403
+        response = alice.post("/tools/reload")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "success" and "apiprobe_echo" in body["registered"]
+        assert "apiprobe" in body["packages"]["installed"]
+        tool = {t["name"]: t for t in bob.get("/tools").json()["tools"]}["apiprobe_echo"]
+        assert tool["source"] == "package:apiprobe" and tool["version"] == "1.0.0"
+        store = api["engine"].store
+        assert store.read_stream(ev.tool_stream("apiprobe_echo"))[-1].type == "ToolRegistered"
+        report = store.read_stream(runtime.TOOLS_STREAM)[-1]   # who reloaded, and what changed
+        assert report.type == runtime.TOOLS_RELOADED and report.actor == "alice"
+        assert "apiprobe_echo" in report.data["registered"]
+        run_id = submit_ok(bob, {"tasks": {"t1": {"func_name": "apiprobe_echo", "inputs": {"text": "hi"}}}})
+        assert wait_run(bob, run_id)["status"] == "succeeded"
+        again = alice.post("/tools/reload").json()
+        assert "apiprobe_echo" in again["unchanged"] and again["registered"] == again["removed"] == []
+        shutil.rmtree(site / "maze_tool_apiprobe")
+        shutil.rmtree(info)
+        body = alice.post("/tools/reload").json()
+        assert body["removed"] == ["apiprobe_echo"] and body["packages"]["uninstalled"] == ["apiprobe"]
+        assert "apiprobe_echo" not in {t["name"] for t in bob.get("/tools").json()["tools"]}
+        assert store.read_stream(ev.tool_stream("apiprobe_echo"))[-1].type == "ToolRemoved"
+    finally:
+        with plugins._lock:
+            if plugins.pm.get_plugin("apiprobe") is not None:
+                plugins.pm.unregister(name="apiprobe")
+            plugins._versions.pop("apiprobe", None)
+            plugins._failed.pop("apiprobe", None)
+        for module in [m for m in sys.modules if m.startswith("maze_tool_apiprobe")]:
+            del sys.modules[module]
+        if "apiprobe_echo" in api["engine"].registry:
+            api["engine"].registry.unregister("apiprobe_echo")
 
 
 def test_uploaded_tools_come_back_after_a_restart(tmp_path):

@@ -15,7 +15,7 @@ from ..auth import Identity
 from ..context import ServerContext
 from ..deps import current_identity, get_ctx, require_admin
 from ..errors import BadRequest, LoggedRoute
-from ..tools import UPLOAD_SOURCE, UploadedTools, check_tool_name, reload_package_tools
+from ..tools import UPLOAD_SOURCE, UploadedTools, check_tool_name
 
 log = get_logger("maze.api")
 router = APIRouter(route_class=LoggedRoute, tags=["tools"])
@@ -107,16 +107,13 @@ def delete_tool(tool_name: str, identity: Identity = Depends(require_admin),
 def reload_tools(identity: Identity = Depends(require_admin),
                  ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Picks up tool packages installed, upgraded or uninstalled since the server started (and the
-    ``[tools] paths`` folders as they are now): ``{"status", "registered", "updated", "removed",
-    "unchanged"}`` (tool names), plus ``packages`` and ``problems`` where the core reports them.
-    Each change is recorded as a ``ToolRegistered`` / ``ToolRemoved`` event."""
-    with ctx.tools_lock:
-        reload_tools = getattr(runtime, "reload_tools", None)
-        if reload_tools is not None:   # the core's reload, shared with `maze tools reload`
-            report = reload_tools(ctx.config, ctx.engine.registry, store=ctx.store,
-                                  actor=identity.name).to_dict()
-        else:
-            report = reload_package_tools(ctx.engine.registry)
+    ``[tools] paths`` folders as they are now), as ``maze tools reload`` does: ``{"status",
+    "registered", "updated", "removed", "unchanged"}`` (tool names), ``packages`` (``installed``,
+    ``upgraded``, ``uninstalled``, ``failed``) and ``problems``. Each change is recorded as a
+    ``ToolRegistered`` / ``ToolRemoved`` event, the whole as one ``ToolsReloaded`` event."""
+    with ctx.tools_lock:   # the core's reload, shared with `maze tools reload`
+        report = runtime.reload_tools(ctx.config, ctx.engine.registry, store=ctx.store,
+                                      actor=identity.name).to_dict()
     log.info("tools reloaded", by=identity.name, registered=report["registered"],
              updated=report["updated"], removed=report["removed"])
     return {"status": "success", **report}
