@@ -682,3 +682,25 @@ def test_uploaded_tools_come_back_after_a_restart(tmp_path):
     finally:
         second.stop()
         second.store.close()
+
+
+def test_cluster_view_of_a_ray_style_description():
+    """The Ray executor lists nodes with their GPUs (see plugins/maze_ray/ledger.py snapshot)."""
+    from maze_api.routes.system import cluster_view
+    view = cluster_view({
+        "executor": "ray", "capacity": {"cpu": 6.0, "mem": 0, "gpu": 2.0, "nodes": 3}, "running": 1,
+        "nodes": [
+            {"node_id": "head", "address": "10.0.0.1", "alive": True, "cpu": 0.0, "mem": 10, "gpus": [],
+             "running_gpu_tasks": 0},
+            {"node_id": "gpu", "address": "10.0.0.2", "alive": True, "cpu": 4.0, "mem": 10,
+             "gpus": [{"index": 0, "memory_mb": 10000, "used_mb": 2500, "used_share": 0.25, "tasks": ["r/t1"]},
+                      {"index": 1, "memory_mb": None, "used_mb": None}],
+             "running_gpu_tasks": 1},
+            {"node_id": "gone", "address": "10.0.0.3", "alive": False, "cpu": 2.0, "mem": 10,
+             "gpus": [{"index": 0, "memory_mb": 8000, "used_mb": 0}]}]})
+    head, gpu, gone = view["nodes"]
+    assert (head["available"], gpu["available"], gone["available"]) == (False, True, False)
+    assert gpu["gpus"][0]["free_mb"] == 7500 and "free_mb" not in gpu["gpus"][1]
+    assert gpu["running"] == 1 and gpu["gpus"][0]["used_share"] == 0.25   # executor fields kept
+    assert view["available"] is True and view["gpus"] == 2 and view["alive_nodes"] == 2
+    assert view["capacity"]["gpu"] == 2.0 and head["cpu"] == 0.0 and gone["cpu"] == 2.0

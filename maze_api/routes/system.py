@@ -59,9 +59,11 @@ def _node(raw: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
     free = raw.get("free", raw.get("available"))
     alive = bool(raw.get("alive", True))
     address = raw.get("address") or (socket.gethostname() if raw.get("node_id") == "local" else None)
-    node = {"node_id": raw.get("node_id"), "address": address,
+    extra = {k: v for k, v in raw.items() if k not in ("capacity", "available")}   # executor-specific
+    node = {**extra, "node_id": raw.get("node_id"), "address": address,
             "alive": alive, "cpu": raw.get("cpu", cap.get("cpu")), "mem": raw.get("mem", cap.get("mem")),
-            "gpus": [_gpu(g, i) for i, g in enumerate(gpus)], "running": _count(raw.get("running")),
+            "gpus": [_gpu(g, i) for i, g in enumerate(gpus)],
+            "running": _count(raw.get("running", raw.get("running_gpu_tasks"))),
             "queued": _count(raw.get("queued")), "free": free if isinstance(free, dict) else None}
     # seed 004's get_gpu_info: "available" says whether GPUs can be used on this node
     node["available"] = alive and bool(node["gpus"])
