@@ -47,6 +47,8 @@ log = get_logger("maze.engine")
 
 RUN_FINISHED = ("succeeded", "failed", "cancelled")
 STARTED_FLUSH_DELAY = 0.005  # seconds a batch of only TaskStarted events may wait for company
+GROUP_COMMIT_S = 0.002       # with many tasks in flight, ends arrive one by one: gather them this long
+GROUP_COMMIT_ACTIVE = 4      # ... when at least this many attempts are queued or running
 
 
 class EngineError(MazeError):
@@ -153,6 +155,7 @@ class Engine:
         self._batch: list[tuple[RunState | None, NewEvent]] = []
         self._batch_streams: set[str] = set()
         self._urgent = False                          # the batch holds more than TaskStarted events
+        self._active = 0                              # attempts queued or running (all runs)
         self._flush_at: float | None = None
         self._blobs: dict[str, bytes] = {}
         self._touched: dict[str, RunState] = {}
@@ -594,8 +597,12 @@ class Engine:
         if type_ != ev.TASK_STARTED:
             self._urgent = True
         self._touched[state.run_id] = state
+        task = state.tasks.get(data.get("task_id")) if "task_id" in data else None
+        was_active = task is not None and task.status in ACTIVE
         for task_id in state.apply(type_, data):
             self._make_ready(state, task_id)
+        if task is not None:
+            self._active += (task.status in ACTIVE) - was_active
 
     def _make_ready(self, state: RunState, task_id: str) -> None:
         spec = state.tasks[task_id].spec
@@ -609,6 +616,17 @@ class Engine:
             now = time.monotonic()
             if self._flush_at is None:
                 self._flush_at = now + STARTED_FLUSH_DELAY
+            if now < self._flush_at:
+                return
+        elif (self._batch and not (force or self._replies) and self._active >= GROUP_COMMIT_ACTIVE
+              and len(self._batch) < self._max_batch):
+            # group commit: with many tasks in flight their ends trickle in one by one (a process
+            # executor reports each as it comes); a commit per end would cost more than the tasks.
+            # Gathering them for a moment costs no throughput: the executor has work meanwhile.
+            now = time.monotonic()
+            due = now + GROUP_COMMIT_S
+            if self._flush_at is None or self._flush_at > due:
+                self._flush_at = due
             if now < self._flush_at:
                 return
         self._flush_at = None
@@ -648,7 +666,9 @@ class Engine:
                     return []
 
     def _forget_run(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        state = self._runs.pop(run_id, None)
+        if state is not None:
+            self._active -= sum(1 for t in state.tasks.values() if t.status in ACTIVE)
         self._live.pop(run_id, None)
         self._unserved.pop(run_id, None)
         self._touched.pop(run_id, None)

@@ -219,6 +219,7 @@ def test_cancel_whole_run_and_unknown_ids(engine):
             engine.cancel("no-such-run")
         assert sorted(engine.cancel(run_id)) == sorted([a, b])
         assert engine.wait(run_id, timeout=10)["status"] == "cancelled"
+        assert engine._active == 0, "cancelled attempts no longer count as in flight"
     finally:
         gates["c2"].set()
 

@@ -99,10 +99,11 @@ def _make_body(func: Any) -> Any:
     """The function that runs on a Ray worker: sets the devices and working directory, runs the
     task, restores the process, and returns the outcome as data (never raises for a task error)."""
 
-    def maze_task(kwargs: dict[str, Any], ctx: dict[str, Any]) -> tuple:
+    def maze_task(kwargs: dict[str, Any], ctx: dict[str, Any] | None = None) -> tuple:
         import os as _os
         import time as _time
         import traceback as _tb
+        ctx = ctx or {}
         saved_env = _os.environ.get("CUDA_VISIBLE_DEVICES")
         saved_cwd = None
         if ctx.get("cuda") is not None:
@@ -420,7 +421,9 @@ class RayExecutor(Executor):
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(grant.node_id, soft=False)
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)
-        ref = self._remote_for(inv.func, opts).remote(inv.kwargs, ctx)
+        remote = self._remote_for(inv.func, opts)
+        # one argument when there is no context: Ray pays per argument it serialises
+        ref = remote.remote(inv.kwargs, ctx) if (ctx.get("cwd") or "cuda" in ctx) else remote.remote(inv.kwargs)
         job = _Job(inv, ref, grant, cpu, mem, worker)
         key = (inv.run_id, inv.task_id)
         with self._lock:
