@@ -31,10 +31,8 @@ WORKDIR_CACHE = 10000
 
 
 def engine_state(engine: Any) -> str:
-    """``running``, ``stopped``, ``failed``... (the engine keeps it privately)."""
-    if getattr(engine, "_failure", None) is not None:
-        return "failed"
-    return str(getattr(engine, "_state", "running"))
+    """``running``, ``stopped``, ``failed``... (``Engine.state``)."""
+    return str(getattr(engine, "state", "running"))
 
 
 class ServerContext:

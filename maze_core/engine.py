@@ -235,6 +235,11 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
 
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``stopping``, ``stopped`` or ``failed``."""
+        return "failed" if self._failure is not None else self._state
+
     def __enter__(self) -> Engine:
         self.start()
         return self

@@ -304,7 +304,7 @@ class ExecutorContract:
         slots = int(executor.capacity()["cpu"])
         for rnd in ("warm", "c"):  # the first round starts workers (processes, actors...) lazily
             for i in range(slots):
-                self._run(executor, _invocation(f"{rnd}{i}", _interval, {"seconds": 0.5}))
+                self._run(executor, _invocation(f"{rnd}{i}", _interval, {"seconds": 1.0}))
             spans = [collector.until_end(f"{rnd}{i}")[-1].value for i in range(slots)]
         # every task was running at the same moment: the latest start precedes the earliest end
         assert max(s["start"] for s in spans) < min(s["end"] for s in spans)
