@@ -69,7 +69,6 @@ packages = ["{module}"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
-pythonpath = ["."]
 
 [tool.ruff]
 line-length = 110
@@ -114,6 +113,8 @@ _TEST = '''\
 
 from __future__ import annotations
 
+import importlib
+import sys
 import tomllib
 from pathlib import Path
 
@@ -121,9 +122,11 @@ import pluggy
 from maze_core import hookspecs
 from maze_core.registry import ToolRegistry
 
-import {module} as package
-
-PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the package's source is tested, installed or not
+    sys.path.insert(0, str(ROOT))
+package = importlib.import_module("{module}")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_the_tool_counts_words():
