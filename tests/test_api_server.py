@@ -281,7 +281,10 @@ def test_cancel_a_running_task_then_destroy(alice, api):
     assert body["task_status"] == "CANCELLED" and "alice" in body["error"]
     # cancelling a finished task, an unknown task
     assert alice.post(f"/runs/{run_id}/tasks/t1/cancel").status_code == 400
-    assert alice.post(f"/runs/{run_id}/tasks/zz/cancel").status_code in (400, 404)
+    # seed 001: 404 when the task_id does not exist, even once the run has finished
+    unknown = alice.post(f"/runs/{run_id}/tasks/zz/cancel")
+    assert unknown.status_code == 404 and "zz" in unknown.json()["detail"], unknown.text
+    assert alice.post("/runs/nope/tasks/t1/cancel").status_code == 404
     gate("cancel-me").set()
     folder = Path(api["engine"].store.read_stream(ev.run_stream(run_id))[0].data["workdir"])
     assert (folder / "out" / "a.txt").exists()

@@ -206,8 +206,11 @@ def cancel_task(run_id: str, task_id: str, identity: Identity = Depends(current_
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Marks the task ``CANCELLED`` and skips what depends on it; a running body is stopped
     best-effort (the Ray executor cancels it; a thread of the local executor runs on, its result
-    dropped). 400 when the task has already finished."""
+    dropped). 404 for an unknown run or task (also once the run has finished); 400 when the task
+    has already finished."""
     ctx.run_row(identity, run_id)
+    if not any(t["task_id"] == task_id for t in ctx.store.list_tasks(run_id)):
+        raise NotFoundError(f"run {run_id} has no task {task_id!r}")
     cancelled = ctx.engine.cancel(run_id, task_id, reason=f"cancelled by {identity.name}")
     log.info("task cancelled", run_id=run_id, task_id=task_id, by=identity.name)
     return {"status": "success", "msg": "Task cancelled.", "run_id": run_id, "task_id": task_id,
