@@ -623,11 +623,13 @@ class Engine:
                 self._flush_at = now + STARTED_FLUSH_DELAY
             if now < self._flush_at:
                 return
-        elif (self._batch and not (force or self._replies) and self._active >= GROUP_COMMIT_ACTIVE
+        elif (self._batch and not (force or self._replies)
+              and self._active - len(self._to_submit) >= GROUP_COMMIT_ACTIVE
               and len(self._batch) < self._max_batch):
-            # group commit: with many tasks in flight their ends trickle in one by one (a process
-            # executor reports each as it comes); a commit per end would cost more than the tasks.
-            # Gathering them for a moment costs no throughput: the executor has work meanwhile.
+            # group commit: with many tasks running in the executor their ends trickle in one by
+            # one (a process executor reports each as it comes); a commit per end would cost more
+            # than the tasks. Gathering them for a moment costs no throughput: the executor has
+            # work meanwhile. (Tasks waiting in _to_submit do not count: they wait for this commit.)
             now = time.monotonic()
             due = now + GROUP_COMMIT_S
             if self._flush_at is None or self._flush_at > due:
