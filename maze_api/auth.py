@@ -60,14 +60,14 @@ def _parse_entry(entry: str, origin: str) -> tuple[str, str]:
     if not sep or not name or not secret:
         raise ConfigError(f"{origin}: a token entry must look like 'name=token' or 'name=sha256:<hex>' "
                           f"(entry for {name or '?'!r} is malformed)")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"{origin}: token name {name!r} is invalid: use up to 64 letters, digits, "
                           f"'_', '.', '@' and '-'")
     if name in RESERVED_NAMES:
         raise ConfigError(f"{origin}: token name {name!r} is reserved; pick another")
     if secret.startswith(HASH_PREFIX):
         digest = secret[len(HASH_PREFIX):].lower()
-        if not _HEX.match(digest):
+        if not _HEX.fullmatch(digest):
             raise ConfigError(f"{origin}: token {name!r}: a hashed token is 'sha256:' and 64 hex digits")
         return name, digest
     if len(secret) < MIN_TOKEN_LENGTH:

@@ -32,13 +32,13 @@ from .errors import BadRequest, Conflict, Unprocessable
 
 log = get_logger("maze.api.tools")
 
-TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")   # fullmatch: "$" would allow a trailing newline
 METADATA = "metadata.json"
 UPLOAD_SOURCE = "upload:"
 
 
 def check_tool_name(name: Any) -> str:
-    if not isinstance(name, str) or not TOOL_NAME.match(name):
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
         raise BadRequest(f"invalid tool name {name!r}: use up to 64 letters, digits, '_' and '-', "
                          f"starting with a letter or '_'")
     return name
@@ -119,7 +119,7 @@ class UploadedTools:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.is_symlink() and TOOL_NAME.match(p.name)
+                      if p.is_dir() and not p.is_symlink() and TOOL_NAME.fullmatch(p.name)
                       and (p / METADATA).is_file())
 
     def load_all(self) -> list[str]:

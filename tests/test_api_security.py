@@ -15,6 +15,7 @@ import stat
 import struct
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -550,3 +551,21 @@ def test_tokens_file_and_environment(tmp_path):
     assert table.identify("nobody-at-all-here") is None and len(table) == 3
     with pytest.raises(ConfigError, match="MAZE_SERVER_CORS_ORIGINS"):
         load_config(None, environ={"MAZE_SERVER_CORS_ORIGINS": "[not json"})
+
+
+# ---------------------------------------------------------------------------- tool names
+@pytest.mark.parametrize("name", ["evil\n", "evil\r", "evil\x00", "ev/il", "..", ".hidden", "evi\u2215l",
+                                  "\uff45vil", "a" * 65])
+def test_tool_names_are_validated_whole(alice, api, untouched, name):
+    """A name must be letters, digits, '_' and '-' from start to end: ``re``'s ``$`` also matches
+    before a trailing newline, which let ``evil\\n`` through as a folder name."""
+    archive = zip_of({"t.py": "from maze_core import task\n\n@task\ndef probe_named_tool(x: int) -> dict:\n"
+                              "    return {}\n"})
+    response = alice.post("/tools/upload", data={"tool_name": name},
+                          files={"tool_archive": ("t.zip", archive)})
+    assert response.status_code == 400, response.text
+    assert "probe_named_tool" not in api["engine"].registry
+    cache = api["root"] / "maze" / "model_cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if "evil" in p.name or "vil" in p.name]
+    if "/" not in name and "\u2215" not in name:
+        assert alice.delete("/tools/" + quote(name, safe="").replace(".", "%2E")).status_code == 400
