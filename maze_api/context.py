@@ -28,6 +28,7 @@ RUN_DESTROYED = "RunDestroyed"   # appended to a run's stream when the server re
 RUN_FINISHED = ("succeeded", "failed", "cancelled")
 TASK_TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 WORKDIR_CACHE = 10000
+INT_MAX = 2**63 - 1   # offsets and sequence numbers past this cannot reach SQLite (422, not 500)
 
 
 def engine_state(engine: Any) -> str:

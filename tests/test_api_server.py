@@ -330,6 +330,9 @@ def test_runs_are_listed_filtered_and_paginated_per_owner(alice, bob):
     assert bob.get("/runs", params={"status": "succeeded", "name": "bob-list"}).json()["total"] == 3
     assert bob.get("/runs", params={"status": "bogus"}).status_code == 400
     assert bob.get("/runs", params={"limit": 0}).status_code == 422
+    for client in (alice, bob):   # past SQLite's integers: a 422, never a 500
+        assert client.get("/runs", params={"offset": 10**30}).status_code == 422
+        assert client.get(f"/runs/{mine[0]}/events", params={"after": 10**30}).status_code == 422
     # an admin sees every owner's runs
     owners = {r["owner"] for r in alice.get("/runs", params={"limit": 1000}).json()["runs"]}
     assert {"alice", "bob"} <= owners

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from maze_core import events as ev
 
 from ..auth import Identity
-from ..context import RUN_FINISHED, ServerContext, engine_state, event_view
+from ..context import INT_MAX, RUN_FINISHED, ServerContext, engine_state, event_view
 from ..deps import current_identity, get_ctx
 from ..errors import LoggedRoute
 
@@ -30,7 +30,7 @@ RETRY_MS = 2000
 
 
 @router.get("/runs/{run_id}/events", summary="A run's events after a sequence number")
-def run_events(run_id: str, after: int = Query(0, ge=0, description="only events with seq > after"),
+def run_events(run_id: str, after: int = Query(0, ge=0, le=INT_MAX, description="only events with seq > after"),
                limit: int = Query(1000, ge=1, le=10000),
                identity: Identity = Depends(current_identity),
                ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
@@ -61,7 +61,7 @@ async def _disconnected(request: Request) -> None:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`id: <seq>`, `event: <type>`, `data: <event JSON>`"}})
 async def stream_events(run_id: str, request: Request,
-                        after: int = Query(0, ge=0, description="only events with seq > after"),
+                        after: int = Query(0, ge=0, le=INT_MAX, description="only events with seq > after"),
                         identity: Identity = Depends(current_identity),
                         ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
     await run_in_threadpool(ctx.run_row, identity, run_id)

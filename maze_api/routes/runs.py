@@ -22,7 +22,7 @@ from maze_core.logging import get_logger
 
 from ..archive import CHUNK, iter_files, safe_extract, write_zip
 from ..auth import Identity
-from ..context import RUN_DESTROYED, ServerContext, worker_view
+from ..context import INT_MAX, RUN_DESTROYED, ServerContext, worker_view
 from ..deps import current_identity, get_ctx
 from ..errors import BadRequest, LoggedRoute
 
@@ -183,7 +183,7 @@ def run_summary(run_id: str, identity: Identity = Depends(current_identity),
 @router.get("/runs", tags=["runs"], summary="Runs, newest first, filtered and paginated")
 def list_runs(status: str | None = Query(None, description="running, succeeded, failed or cancelled"),
               name: str | None = Query(None, max_length=200, description="runs whose name contains this"),
-              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT_MAX),
               identity: Identity = Depends(current_identity),
               ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """The caller's runs (an admin sees every run): ``{"runs", "total", "limit", "offset"}``."""
