@@ -316,6 +316,7 @@ def test_cancel_a_whole_run(alice):
 
 # ---------------------------------------------------------------------------- listing
 def test_runs_are_listed_filtered_and_paginated_per_owner(alice, bob):
+    wait_run(alice, submit_ok(alice, CAPTION, name="alice-list"))   # alice owns a run whatever ran before
     mine = [submit_ok(bob, CAPTION, name=f"bob-list-{i}") for i in range(3)]
     for run_id in mine:
         wait_run(bob, run_id)
