@@ -465,6 +465,19 @@ def test_live_event_stream_follows_a_run_to_its_end(alice, api):
     assert len(engine._subscribers) == baseline
 
 
+def test_malformed_last_event_id_is_ignored(alice):
+    """``str.isdigit`` is true for '²' and int() refuses 5,000 digits: both were 500s."""
+    run_id = submit_ok(alice, CAPTION)
+    wait_run(alice, run_id)
+    with alice.stream("GET", f"/runs/{run_id}/events/stream") as response:
+        everything = [e["id"] for e in read_sse(response)]
+    assert len(everything) > 3
+    for value in (b"\xb2", "9" * 5000, str(2**64), "-1", "1e3"):
+        with alice.stream("GET", f"/runs/{run_id}/events/stream", headers={"Last-Event-ID": value}) as r:
+            assert r.status_code == 200, (value, r.read())
+            assert [e["id"] for e in read_sse(r)] == everything, value
+
+
 def test_event_stream_client_leaving_ends_the_subscription(alice, api):
     engine = api["engine"]
     baseline = len(engine._subscribers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..errors import LoggedRoute
 
 router = APIRouter(route_class=LoggedRoute, tags=["events"])
 RETRY_MS = 2000
+_EVENT_ID = re.compile(r"[0-9]{1,19}")   # ASCII digits only
 
 
 @router.get("/runs/{run_id}/events", summary="A run's events after a sequence number")
@@ -49,6 +51,16 @@ def _sse(event: ev.Event) -> str:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
 
 
+def _last_event_id(value: str | None) -> int | None:
+    """The sequence number a reconnecting client sends back; anything that is not one of ours
+    (``'²'.isdigit()`` is true, int() refuses 5,000 digits) is ignored and the stream starts over."""
+    if value and _EVENT_ID.fullmatch(value):
+        number = int(value)
+        if number <= INT_MAX:
+            return number
+    return None
+
+
 async def _disconnected(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -65,9 +77,9 @@ async def stream_events(run_id: str, request: Request,
                         identity: Identity = Depends(current_identity),
                         ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
     await run_in_threadpool(ctx.run_row, identity, run_id)
-    last_id = request.headers.get("last-event-id")
-    if last_id and last_id.isdigit():
-        after = max(after, int(last_id))
+    last_id = _last_event_id(request.headers.get("last-event-id"))
+    if last_id is not None:
+        after = max(after, last_id)
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     stream = ev.run_stream(run_id)
