@@ -202,7 +202,11 @@ class ServerContext:
             raise ArchiveError(f"file names must be strings, got {name!r}")
         parts = member_parts(name)
         path = root.joinpath(*parts)
-        if not path.resolve().is_relative_to(root):
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError):   # a symlink loop (RuntimeError before Python 3.13)
+            raise ArchiveError(f"invalid name {name!r}: it leads through a symbolic link loop") from None
+        if not resolved.is_relative_to(root):
             raise ArchiveError(f"invalid name {name!r}: it leads outside the run folder")
         return path
 

@@ -348,6 +348,22 @@ def test_symlinks_planted_in_a_run_folder_are_not_followed(alice, api):
     assert (api["root"] / "outside" / "secret.txt").read_bytes() == SECRET   # links removed, not followed
 
 
+def test_symlink_loops_in_a_run_folder_are_refused_not_500(alice, api):
+    run_id = run_of(alice, {"a.txt": "a"})
+    folder = run_folder(api, run_id)
+    os.symlink("loop", folder / "loop")                   # as a task could
+    os.symlink("pong", folder / "ping")
+    os.symlink("ping", folder / "pong")
+    for name in ("loop/x", "ping/x", "loop"):
+        response = alice.post(f"/files/download/{run_id}", json={"files": [name]})
+        assert response.status_code == 400, (name, response.text)
+        response = alice.post(f"/files/upload/{run_id}", files={name: ("x", b"x")})
+        assert response.status_code == 400, (name, response.text)
+        assert str(api["root"]) not in response.text
+    assert set(alice.get(f"/files/hashes/{run_id}").json()["hashes"]) == {"a.txt"}
+    assert alice.get(f"/runs/{run_id}/download").status_code == 200
+
+
 @pytest.mark.parametrize("name", ["../evil.txt", "../../evil.txt", "/tmp/maze-evil-upload.txt",
                                   "a/../../evil.txt", "..", "C:/evil.txt", "a\\..\\..\\evil.txt"])
 def test_upload_names_are_confined_to_the_run_folder(alice, api, name):
