@@ -3,7 +3,11 @@ traceback is logged (never sent)."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request, Response
@@ -47,33 +51,77 @@ def _json(status: int, detail: Any, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
+class PathScrubber:
+    """Takes the server's own folders out of error details: an ``ImportError`` names a module by
+    its absolute path, an ``OSError`` its file. A run folder becomes ``<run folder>``, the others
+    ``<tools>``, ``<data_dir>``, ``<project_root>`` and ``<python>``; what follows them (the file
+    within) stays, so the client still learns which of its files failed."""
+
+    def __init__(self, config: Any = None):
+        roots: dict[str, str] = {}
+
+        def add(path: Any, label: str) -> None:
+            for form in {str(path).rstrip("/"), os.path.realpath(path)}:
+                if len(Path(form).parts) > 1 and form not in roots:   # never "/" itself
+                    roots[form] = label
+
+        if config is not None:
+            runs = config.data_dir / "runs"
+            self._run = re.compile("(?:" + "|".join(re.escape(r.rstrip("/")) for r in
+                                                    {str(runs), os.path.realpath(runs)}) + r")/[0-9a-f]{32}")
+            add(config.project_root / "maze" / "model_cache", "<tools>")
+            add(runs, "<data_dir>/runs")
+            add(config.data_dir, "<data_dir>")
+            add(config.project_root, "<project_root>")
+        else:
+            self._run = None
+        for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+            add(prefix, "<python>")
+        ordered = sorted(roots, key=len, reverse=True)   # the most specific folder first
+        self._labels = roots
+        # a root counts only where its name ends: /srv/maze is not a prefix of /srv/maze2
+        self._roots = re.compile("(?:" + "|".join(map(re.escape, ordered)) + r")(?![\w.-])") if ordered else None
+
+    def __call__(self, text: str) -> str:
+        if self._run is not None:
+            text = self._run.sub("<run folder>", text)
+        if self._roots is not None:
+            text = self._roots.sub(lambda m: self._labels[m.group(0)], text)
+        return text
+
+
 def install_handlers(app: Any) -> None:
-    """Map Maze's exceptions to statuses."""
+    """Map Maze's exceptions to statuses, their details free of server paths."""
+    scrub = PathScrubber(getattr(app.state, "maze_config", None))
+
+    def detail(exc: Exception) -> str:
+        return scrub(str(exc))
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _json(404, str(exc))
+        return _json(404, detail(exc))
 
     async def state(request: Request, exc: Exception) -> Response:
-        return _json(400, str(exc))
+        return _json(400, detail(exc))
 
     async def invalid_dag(request: Request, exc: Exception) -> Response:
-        return _json(422, str(exc), problems=list(getattr(exc, "problems", None) or [str(exc)]))
+        problems = [scrub(str(p)) for p in getattr(exc, "problems", None) or [str(exc)]]
+        return _json(422, detail(exc), problems=problems)
 
     async def archive(request: Request, exc: Exception) -> Response:
-        return _json(getattr(exc, "status", 400), str(exc))
+        return _json(getattr(exc, "status", 400), detail(exc))
 
     async def conflict(request: Request, exc: Exception) -> Response:
-        return _json(409, str(exc))
+        return _json(409, detail(exc))
 
     async def bad(request: Request, exc: Exception) -> Response:
-        return _json(400, str(exc))
+        return _json(400, detail(exc))
 
     async def unprocessable(request: Request, exc: Exception) -> Response:
-        return _json(422, str(exc))
+        return _json(422, detail(exc))
 
     async def unavailable(request: Request, exc: Exception) -> Response:
-        log.error("engine unavailable", path=request.url.path, error=str(exc))
-        return _json(503, f"the engine is not available: {exc}")
+        log.error("engine unavailable", path=request.url.path, error=str(exc))   # the log keeps it whole
+        return _json(503, f"the engine is not available: {detail(exc)}")
 
     app.add_exception_handler(NotFoundError, not_found)
     app.add_exception_handler(RunStateError, state)

@@ -478,6 +478,47 @@ def test_key_operations_log_at_info(alice, api):
     assert submitted["owner"] == "alice" and ALICE not in json.dumps(logs, default=str)
 
 
+def by_reference(tmp_path: Path, module: str) -> dict:
+    """A seed payload whose function is pickled by reference to ``module`` (which the project
+    archive must then provide)."""
+    import sys
+    (tmp_path / f"{module}.py").write_text("from maze_core import task\n\n@task\ndef g(x: int) -> dict:\n"
+                                           "    return {}\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return seed_payload(("t1", __import__(module).g, [], {"x": 1}))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module, None)
+
+
+def leaks(api, text: str) -> list[str]:
+    import sys
+    roots = {str(api["root"]), str(api["root"].resolve()), sys.prefix, sys.base_prefix}
+    return [root for root in roots if root in text]
+
+
+def test_error_details_hold_no_server_paths(alice, api, tmp_path, refused):
+    """An ImportError names the module's file by its absolute path: a 422 must not hand the
+    server's folders (run folder, tool folder, Python installation) to the client."""
+    module = "maze_api_leakprobe_mod"
+    archive = zip_of({f"{module}.py": "from maze_api_leakprobe_helper import nothing\n",
+                      "maze_api_leakprobe_helper.py": "x = 1\n"})
+    response = submit(alice, archive, by_reference(tmp_path, module))
+    assert response.status_code == 422, response.text
+    assert "cannot import name 'nothing'" in response.json()["detail"]
+    assert not leaks(api, response.text), response.text
+    assert "maze_api_leakprobe_helper.py" in response.json()["detail"]   # still says which file
+    archive = zip_of({f"{module}.py": "from json import nothing\n"})   # a module of the server's Python
+    response = submit(alice, archive, by_reference(tmp_path, module))
+    assert response.status_code == 422 and not leaks(api, response.text), response.text
+    response = alice.post("/tools/upload", data={"tool_name": "leaky"}, files={"tool_archive": (
+        "t.zip", zip_of({"t.py": "from leaky_helper import nothing\n", "leaky_helper.py": "x = 1\n"}))})
+    assert response.status_code == 422, response.text
+    assert "cannot import name 'nothing'" in response.json()["detail"]
+    assert not leaks(api, response.text), response.text
+
+
 # ---------------------------------------------------------------------------- CORS and exposure
 def test_cors_origins_come_from_config(tmp_path, api):
     preflight = {"Origin": "http://good.example", "Access-Control-Request-Method": "POST",
