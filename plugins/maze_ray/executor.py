@@ -47,6 +47,7 @@ class ExecutorError(MazeError):
 GPU_MEM_LABEL = "maze.gpu_mem_mb"      # node label: memory per GPU in MB ("10000" or "10000,24000")
 REFRESH_S = 2.0                         # how often the view of the cluster is re-read when busy
 REMOTE_CACHE = 256                      # remote functions kept exported
+COLLECT_WAIT_S = 0.01                   # longest a newly submitted task waits to be watched
 
 
 class RayConfig(BaseModel):
@@ -190,6 +191,9 @@ class RayExecutor(Executor):
         self._started = False
         self._refreshed_at = 0.0
         self._probed: dict[str, list[int]] = {}
+        self._waiting: dict[Any, _Job] = {}      # ObjectRef -> job, for the results thread
+        self._wake = threading.Event()
+        self._collector: threading.Thread | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> RayExecutor:
@@ -210,6 +214,8 @@ class RayExecutor(Executor):
                                     f"{type(exc).__name__}: {exc}") from exc
         self.refresh(force=True)
         self._started = True
+        self._collector = threading.Thread(target=self._collect, name="maze-ray-results", daemon=True)
+        self._collector.start()
 
     def _init_ray(self, ray: Any) -> None:
         cfg = self.cfg
@@ -241,6 +247,8 @@ class RayExecutor(Executor):
             self._cpu_running = self._cpu_held = 0.0
             self._mem_held = 0
             self._started = False
+            self._waiting.clear()
+        self._wake.set()
         for job in jobs:
             if not wait:
                 self._kill(job)
@@ -249,6 +257,9 @@ class RayExecutor(Executor):
                 ray.wait([j.ref for j in jobs], num_returns=len(jobs), timeout=30)
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
+        if self._collector is not None:
+            self._collector.join(timeout=5)
+            self._collector = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
@@ -435,7 +446,50 @@ class RayExecutor(Executor):
                 self._backlog[key] = job
                 started = []
         self._announce(started)
-        ref.future().add_done_callback(lambda fut, job=job: self._done(job, fut))
+        with self._lock:
+            self._waiting[ref] = job
+        self._wake.set()
+
+    def _collect(self) -> None:
+        """The results thread: waits on every submitted task's reference at once and hands the
+        ends to ``_done`` in batches (cheaper than a callback per task under load)."""
+        import ray
+        while True:
+            with self._lock:
+                refs = list(self._waiting)
+                if not refs and not self._started:
+                    return
+            if not refs:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._wake.clear()
+            try:
+                ready, rest = ray.wait(refs, num_returns=1, timeout=COLLECT_WAIT_S, fetch_local=True)
+                if ready and rest:
+                    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=True)
+                    ready += more
+            except Exception as exc:  # noqa: BLE001 - Ray is shutting down
+                if not self._started:
+                    return
+                log.warning("waiting on Ray tasks failed", error=str(exc))
+                time.sleep(0.05)
+                continue
+            if not ready:
+                continue
+            with self._lock:
+                jobs = [self._waiting.pop(r) for r in ready if r in self._waiting]
+            try:
+                outcomes = [(v, None) for v in ray.get([j.ref for j in jobs])]
+            except Exception:  # noqa: BLE001 - one of them failed: take them one by one
+                outcomes = []
+                for j in jobs:
+                    try:
+                        outcomes.append((ray.get(j.ref), None))
+                    except Exception as exc:  # noqa: BLE001 - the attempt's failure
+                        outcomes.append((None, exc))
+            for job, (value, exc) in zip(jobs, outcomes, strict=True):
+                self._done(job, value, exc)
 
     def _fits_now(self, cpu: float) -> bool:
         return self._cpu_running + cpu <= self._cpu_total + 1e-9 or self._cpu_running == 0
@@ -478,7 +532,7 @@ class RayExecutor(Executor):
                 self._backlog.pop(key, None)
             return True, self._promote()
 
-    def _done(self, job: _Job, fut: Any) -> None:
+    def _done(self, job: _Job, outcome: Any, exc: BaseException | None) -> None:
         taken, promoted = self._take_job(job)
         if not taken:
             return
@@ -487,9 +541,7 @@ class RayExecutor(Executor):
             promoted.insert(0, job)
         self._announce(promoted)
         inv = job.inv
-        try:
-            outcome = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - Ray's failure becomes the attempt's failure
+        if exc is not None:        # Ray's failure becomes the attempt's failure
             kind = _failure_name(exc)
             if kind == "WorkerLost":
                 self._refreshed_at = 0.0     # re-read the nodes before the next placement
