@@ -28,6 +28,7 @@ RUN_DESTROYED = "RunDestroyed"   # appended to a run's stream when the server re
 RUN_FINISHED = ("succeeded", "failed", "cancelled")
 TASK_TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 WORKDIR_CACHE = 10000
+RUN_LOCK_STRIPES = 64
 INT_MAX = 2**63 - 1   # offsets and sequence numbers past this cannot reach SQLite (422, not 500)
 
 
@@ -52,7 +53,7 @@ class ServerContext:
         self.heartbeat_s = sc.sse_heartbeat_s
         self.started_at = time.time()
         self.tools_lock = threading.Lock()    # tool uploads, deletions and reloads, one at a time
-        self.destroy_lock = threading.Lock()
+        self._run_locks = [threading.Lock() for _ in range(RUN_LOCK_STRIPES)]
         self._import_lock = threading.Lock()  # sys.path is process-wide
         self._workdirs: OrderedDict[str, str | None] = OrderedDict()
         self._workdirs_lock = threading.Lock()
@@ -152,6 +153,12 @@ class ServerContext:
         path = self.runs_root / uuid.uuid4().hex
         path.mkdir()
         return path
+
+    def run_lock(self, run_id: str) -> threading.Lock:
+        """The lock that writes into a run folder and its destruction take, so that a destroy
+        never races an upload (rmtree meeting new files, an upload meeting vanished folders).
+        Runs share a fixed set of locks; two runs may wait on one another, never deadlock."""
+        return self._run_locks[hash(run_id) % RUN_LOCK_STRIPES]
 
     def remember_workdir(self, run_id: str, workdir: Path | None) -> None:
         with self._workdirs_lock:

@@ -304,6 +304,47 @@ def test_cancel_a_running_task_then_destroy(alice, api):
     assert alice.post("/runs/destroy", json={"run_id": "nope"}).status_code == 404
 
 
+def test_destroy_while_files_are_uploaded(alice, api):
+    """Uploads racing a destroy: each upload either lands before the folder goes or is a 404; the
+    destroy removes everything and is recorded. (Unserialised, rmtree met files created behind
+    its back - 500, half a folder left, no RunDestroyed - and uploads met vanished folders.)"""
+    run_id = submit_ok(alice, CAPTION, {f"d{i}/f.txt": "x" for i in range(300)})
+    wait_run(alice, run_id)
+    folder = Path(api["engine"].store.read_stream(ev.run_stream(run_id))[0].data["workdir"])
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def upload(worker: int) -> None:
+        with httpx.Client(base_url=api["url"], headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                name = f"d{(worker * 100 + i) % 300}/sub/new-{worker}-{i}.txt"
+                codes.append(c.post(f"/files/upload/{run_id}", files={name: ("x", b"y")}).status_code)
+                i += 1
+
+    threads = [threading.Thread(target=upload, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(codes) < 15:
+            assert time.monotonic() < deadline and all(t.is_alive() for t in threads), codes
+            time.sleep(0.005)
+        destroyed = alice.post("/runs/destroy", json={"run_id": run_id})
+        seen = len(codes)
+        while len(codes) < seen + 6 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert destroyed.status_code == 200, destroyed.text
+    assert set(codes) <= {200, 404}, sorted(set(codes))
+    assert codes[-1] == 404
+    assert not folder.exists()
+    assert api["engine"].store.read_stream(ev.run_stream(run_id))[-1].type == "RunDestroyed"
+
+
 def test_cancel_a_whole_run(alice):
     run_id = submit_ok(alice, seed_payload(("t1", gated, [], {"name": "whole-run"}),
                                            ("t2", gated, [], {"name": "whole-run"})))

@@ -105,6 +105,14 @@ async def upload_files(run_id: str, request: Request, identity: Identity = Depen
 
 def _write_files(ctx: ServerContext, identity: Identity, run_id: str, folder: Path,
                  items: list[tuple[str, Any]]) -> dict[str, Any]:
+    with ctx.run_lock(run_id):   # not while the run is being destroyed
+        if ctx.destroyed(run_id) or not folder.is_dir():
+            raise NotFoundError(f"run {run_id!r} was destroyed: its folder is gone")
+        return _write_locked(ctx, identity, run_id, folder, items)
+
+
+def _write_locked(ctx: ServerContext, identity: Identity, run_id: str, folder: Path,
+                  items: list[tuple[str, Any]]) -> dict[str, Any]:
     targets = [(name, ctx.confined(folder, name), value) for name, value in items]
     seen: set[Path] = set()
     for name, path, _ in targets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -273,15 +274,16 @@ def destroy_run(query: RunQuery, identity: Identity = Depends(current_identity),
     if unfinished:
         raise RunStateError(f"run {run_id} is still active ({unfinished} task(s) not finished); cancel "
                             f"it or wait for it to end before destroying it")
-    with ctx.destroy_lock:
+    with ctx.run_lock(run_id):   # uploads into the folder wait, then find it destroyed
         if ctx.destroyed(run_id):
             return {"status": "success", "msg": "Run already destroyed.", "run_id": run_id}
         folder = ctx.run_dir(run_id)
         files = size = 0
         if folder is not None and folder.is_dir():
             for _, path in iter_files(folder):
-                files += 1
-                size += path.lstat().st_size
+                with contextlib.suppress(OSError):   # removed meanwhile
+                    size += path.lstat().st_size
+                    files += 1
             ctx.remove_tree(folder)
         stream = ev.run_stream(run_id)
         ctx.store.append([NewEvent(stream, RUN_DESTROYED, {"files": files, "bytes": size},
