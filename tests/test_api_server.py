@@ -587,7 +587,7 @@ def test_tool_upload_list_use_and_delete(alice, bob, api):
     name = "wordtool"
     response = upload_tool(alice, name, {"wordtool/tool.py": TOOL_SOURCE.format(name=name),
                                          "wordtool/README.md": "docs"})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text
     assert response.json()["tasks"] == ["wordtool_count"]
     folder = api["root"] / "maze" / "model_cache" / name
     metadata = json.loads((folder / "metadata.json").read_text())
@@ -624,6 +624,29 @@ def test_tool_upload_list_use_and_delete(alice, bob, api):
     assert alice.delete(f"/tools/{name}").status_code == 404
 
 
+def test_same_tool_uploaded_concurrently_is_created_once(alice, api):
+    """Two uploads of one name at once: exactly one 201 Created, one 409, one tool on disk."""
+    barrier = threading.Barrier(2)
+    answers: list[httpx.Response] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=api["url"], headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as c:
+            barrier.wait()
+            answers.append(upload_tool(c, "racer", {"tool.py": TOOL_SOURCE.format(name="racer")}))
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(r.status_code for r in answers) == [201, 409], [r.text for r in answers]
+    created = next(r for r in answers if r.status_code == 201).json()
+    assert created["status"] == "success" and created["tasks"] == ["racer_count"]
+    assert json.loads((api["root"] / "maze" / "model_cache" / "racer" / "metadata.json").read_text())[
+        "tasks"] == ["racer_count"]
+    assert alice.delete("/tools/racer").status_code == 200
+
+
 def test_tool_upload_refusals(alice, bob, api):
     source = {"tool.py": TOOL_SOURCE.format(name="refused")}
     assert upload_tool(bob, "refused", source).status_code == 403           # not an admin
@@ -635,7 +658,7 @@ def test_tool_upload_refusals(alice, bob, api):
     failing = upload_tool(alice, "fails", {"tool.py": "raise RuntimeError('bad import')\n"})
     assert failing.status_code == 422 and "bad import" in failing.json()["detail"]
     clash = upload_tool(alice, "clash", {"tool.py": TOOL_SOURCE.format(name="refused")})
-    assert clash.status_code == 200
+    assert clash.status_code == 201
     clash2 = upload_tool(alice, "clash2", {"tool.py": TOOL_SOURCE.format(name="refused")})
     assert clash2.status_code == 409 and "refused_count" in clash2.json()["detail"]
     for name in ("refused", "notasks", "fails", "clash2"):
@@ -730,7 +753,7 @@ def test_uploaded_tools_come_back_after_a_restart(tmp_path):
         with serve(create_app(cfg, first)) as url:
             response = upload_tool(httpx.Client(base_url=url), "persist",
                                    {"tool.py": TOOL_SOURCE.format(name="persist")})
-            assert response.status_code == 200, response.text
+            assert response.status_code == 201, response.text
     finally:
         first.stop()
         first.store.close()

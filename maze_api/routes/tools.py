@@ -57,12 +57,12 @@ def list_tools(identity: Identity = Depends(current_identity),
     return {"status": "success", "tools": tools}
 
 
-@router.post("/tools/upload", summary="Upload a tool (admin)", status_code=200, openapi_extra=MULTIPART_TOOL)
+@router.post("/tools/upload", summary="Upload a tool (admin)", status_code=201, openapi_extra=MULTIPART_TOOL)
 async def upload_tool(request: Request, identity: Identity = Depends(require_admin),
                       ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Extracts the archive to ``{project_root}/maze/model_cache/{tool_name}/`` with a
     ``metadata.json`` and registers its ``@task`` functions (recorded as ``ToolRegistered``
-    events). The tool's code runs in the server when it is imported, hence admin only. 409 when
+    events): 201 Created. The tool's code runs in the server when it is imported, hence admin only. 409 when
     the tool or one of its task names exists; 422 when it defines no task or fails to import."""
     form = await request.form(max_files=2, max_fields=16, max_part_size=64 * 1024)
     try:
