@@ -407,6 +407,12 @@ def test_file_sync_hashes_download_and_upload(alice):
     with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
         assert zf.read("data/input.jpg") == b"\xff\xd8jpeg" and sorted(zf.namelist()) == ["a.py", "data/input.jpg"]
     assert alice.post(f"/files/download/{run_id}", json={"files": ["nope.txt"]}).status_code == 404
+    # one file under several spellings is one member (a zip with duplicate names confuses unzippers)
+    response = alice.post(f"/files/download/{run_id}", json={"files": ["a.py", "./a.py", "data//input.jpg",
+                                                                       "data/./input.jpg", "a.py/"]})
+    with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
+        assert zf.namelist() == ["a.py", "data/input.jpg"]
+    assert response.headers["x-maze-files"] == "2"
     assert alice.post(f"/files/download/{run_id}", json={"files": "a.py"}).status_code == 422
     response = alice.post(f"/files/upload/{run_id}", files={
         "output/result.png": ("result.png", b"\x89PNG"), "a.py": ("a.py", b"A2")})

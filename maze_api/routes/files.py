@@ -74,13 +74,13 @@ def download_files(run_id: str, body: FileList, identity: Identity = Depends(cur
     folder = ctx.existing_run_dir(run_id)
     if len(body.files) > ctx.archive_limits.max_members:
         raise BadRequest(f"at most {ctx.archive_limits.max_members} files per request")
-    chosen: list[tuple[str, Path]] = []
+    chosen: dict[str, Path] = {}   # by relative name: "a.py" and "./a.py" are one member
     for name in dict.fromkeys(body.files):
         path = ctx.confined(folder, name)
         if path.is_symlink() or not path.is_file():
             raise NotFoundError(f"run {run_id} has no file {name!r}")
-        chosen.append((path.relative_to(folder).as_posix(), path))
-    return zip_response(chosen, f"{run_id}-files.zip")
+        chosen.setdefault(path.relative_to(folder).as_posix(), path)
+    return zip_response(list(chosen.items()), f"{run_id}-files.zip")
 
 
 @router.post("/files/upload/{run_id}", summary="Write files into the run folder",
