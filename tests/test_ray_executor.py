@@ -388,12 +388,19 @@ def _alive(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------- commands
-def test_maze_cluster_shows_nodes_and_gpus(ray_cluster, cli_env):
+def test_maze_cluster_shows_nodes_gpus_and_running_tasks(ray_cluster, ray_engine, cli_env, tmp_path):
     import json
     import subprocess
 
     from .conftest import maze_exe
-    env = {**cli_env, "MAZE_RAY_ADDRESS": ray_cluster.address}
+    release = tmp_path / "release"
+    dag = DAG("running")
+    held = dag.add_task(where_6g, inputs={"release": str(release), "tag": "held"})
+    run_id = ray_engine.submit(dag)
+    deadline = time.monotonic() + 60
+    while not _events(ray_engine, run_id, "TaskStarted") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    env = {**cli_env, "MAZE_RAY_ADDRESS": ray_cluster.address}   # same data folder as ray_engine
     out = subprocess.run([maze_exe(), "cluster", "--json"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -403,8 +410,17 @@ def test_maze_cluster_shows_nodes_and_gpus(ray_cluster, cli_env):
     gpus = nodes[ray_cluster.gpu_node_id]["gpus"]
     assert [(g["index"], g["memory_mb"]) for g in gpus] == [(0, 10000), (1, 10000)]
     assert nodes[ray_cluster.gpu_node_id]["cpu"] == 4
+    running = [t for t in info["running_tasks"] if t["run_id"] == run_id]
+    assert [t["task_id"] for t in running] == [held]
+    assert running[0]["worker"]["node_id"] == ray_cluster.gpu_node_id
+    assert running[0]["worker"]["gpus"] in ([0], [1])
     text = subprocess.run([maze_exe(), "cluster"], env=env, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "gpu 1: 10000 MB" in text.stdout
+    assert "Maze tasks running: 1" in text.stdout and "where" in text.stdout
+    gpu = running[0]["worker"]["gpus"][0]
+    assert f"gpu {gpu}: 10000 MB, running 1 Maze task(s)" in text.stdout
+    release.touch()
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
 
 
 def test_maze_worker_rejects_a_bad_address(cli_env):

@@ -55,30 +55,53 @@ def cluster_cmd(obj, as_json: bool) -> None:
         raise click.ClickException(f"no Ray cluster reachable at {cfg.address!r}: {exc}") from None
     try:
         info = ex.describe()
-        info["running_tasks"] = _running_tasks()
     finally:
         ex.shutdown()
+    info["running_tasks"] = _running_tasks(obj)
+    for n in info["nodes"]:   # holdings live in the driving engine; this process holds nothing
+        for g in n["gpus"]:
+            for key in ("used_mb", "used_share", "tasks"):
+                g.pop(key, None)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     cap = info["capacity"]
-    running = info["running_tasks"] if info["running_tasks"] >= 0 else "unknown (no state API)"
+    running = info["running_tasks"]
     click.echo(f"{cap['nodes']} node(s), {cap['cpu']:g} CPUs, {cap['mem']} MB, {cap['gpu']:g} GPUs; "
-               f"Maze tasks running: {running}")
+               f"Maze tasks running: {len(running)}")
     for n in info["nodes"]:
         state = "alive" if n["alive"] else "dead"
         click.echo(f"  {n['node_id'][:12]} {n['address']:<15} {state:<5} cpu={n['cpu']:g} "
                    f"mem={n['mem']}MB gpus={len(n['gpus'])}")
         for g in n["gpus"]:
             mem = f"{g['memory_mb']} MB" if g["memory_mb"] else "memory unknown"
-            click.echo(f"      gpu {g['index']}: {mem}, {g['used_mb']} MB held by {g['tasks']} task(s)")
+            users = [t for t in running if t["worker"].get("node_id") == n["node_id"]
+                     and g["index"] in t["worker"].get("gpus", [])]
+            click.echo(f"      gpu {g['index']}: {mem}, running {len(users)} Maze task(s)")
+    for t in running:
+        where = t["worker"].get("node_id", "")[:12] or "-"
+        gpus = ",".join(str(i) for i in t["worker"].get("gpus", [])) or "-"
+        click.echo(f"  running: run {t['run_id'][:8]} task {t['task_id']:<8} {t['func_name']:<24} "
+                   f"node {where} gpus {gpus} attempt {t['attempt']}")
 
 
-def _running_tasks() -> int:
-    """Maze tasks running on the cluster now (from Ray's state API)."""
+def _running_tasks(obj) -> list[dict]:
+    """Tasks the event log shows running now (the log, not Ray, is the source of truth)."""
+    from maze_core import plugins
     try:
-        from ray.util.state import list_tasks
-        tasks = list_tasks(filters=[("state", "=", "RUNNING")], limit=10000, raise_on_missing_output=False)
-    except Exception:  # noqa: BLE001 - the state API needs the dashboard agent; not essential
-        return -1
-    return sum(1 for t in tasks if str(getattr(t, "name", "")).startswith("maze:"))
+        store = plugins.pick("store", obj.config.engine.store)(obj.config)
+    except Exception:  # noqa: BLE001 - no store here: nothing to show
+        return []
+    try:
+        rows = [r for r in store.projection_rows("tasks") if r.get("status") == "running"]
+    finally:
+        store.close()
+    out = []
+    for r in rows:
+        try:
+            worker = json.loads(r.get("worker") or "{}")
+        except ValueError:
+            worker = {}
+        out.append({"run_id": r["run_id"], "task_id": r["task_id"], "func_name": r.get("func_name") or "",
+                    "attempt": r.get("attempt"), "worker": worker if isinstance(worker, dict) else {}})
+    return out
