@@ -134,7 +134,8 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, li
                                        f"refused as a zip bomb", 413)
                 out.write(chunk)
     except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise ArchiveError(f"archive member {info.filename!r} is corrupt or unsupported: {exc}") from None
+        raise ArchiveError(f"archive member {info.filename!r} is corrupt or unsupported: "
+                           f"{str(exc) or type(exc).__name__}") from None   # EOFError() says nothing
     except (zipfile.LargeZipFile, OSError) as exc:
         raise ArchiveError(f"archive member {info.filename!r} cannot be extracted: {exc}") from None
     return written

@@ -281,6 +281,17 @@ def test_header_sizes_are_not_trusted(alice, refused):
     assert response.status_code == 400, response.text
 
 
+def test_claimed_compressed_size_beyond_the_archive_is_refused_with_a_reason(alice, refused):
+    """A central directory claiming 50 MB of compressed data for a ~1 KB member: zipfile runs out
+    of bytes within its first read (EOFError, no message) and the refusal must still say why."""
+    patched = bytearray(zip_of({"zeros.bin": b"\0" * 900_000}))
+    central = patched.find(b"PK\x01\x02")
+    struct.pack_into("<I", patched, central + 20, 50_000_000)   # compressed size in the central directory
+    response = submit(alice, bytes(patched))
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].endswith("corrupt or unsupported: EOFError"), response.text
+
+
 def duplicate_names() -> bytes:
     with pytest.warns(UserWarning, match="Duplicate name"):
         return zip_with([(zipfile.ZipInfo("a.txt"), b"1"), (zipfile.ZipInfo("a.txt"), b"2")])
