@@ -149,6 +149,10 @@ class UploadedTools:
             raise Conflict(f"tool {name!r} already exists; delete it first to replace it") from None
         try:
             report = safe_extract(archive, folder, self.limits)
+            meta_path = folder / METADATA
+            if meta_path.exists() and not meta_path.is_file():
+                raise Unprocessable(f"tool archive {name!r} has a folder named {METADATA}, the file the "
+                                    f"server writes there")
             funcs = import_tasks(folder)
             if not funcs:
                 raise Unprocessable(f"tool archive {name!r} defines no @task function in its .py files")
@@ -161,7 +165,7 @@ class UploadedTools:
                 raise Unprocessable(f"tool {name!r} defines task(s) twice: {', '.join(doubled)}")
             metadata = {"tool_name": name, **fields, "tasks": task_names, "uploaded_by": uploaded_by,
                         "uploaded_at": time.time(), "files": report.files, "bytes": report.bytes}
-            (folder / METADATA).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+            meta_path.write_text(json.dumps(metadata, indent=2), encoding="utf-8")   # replaces the archive's
             for func in funcs:
                 self.registry.register_task(func, source=UPLOAD_SOURCE + name,
                                             version=fields.get("version") or None)

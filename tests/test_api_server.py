@@ -663,11 +663,15 @@ def test_tool_upload_refusals(alice, bob, api):
     assert empty.status_code == 422 and "no @task" in empty.json()["detail"]
     failing = upload_tool(alice, "fails", {"tool.py": "raise RuntimeError('bad import')\n"})
     assert failing.status_code == 422 and "bad import" in failing.json()["detail"]
+    in_the_way = upload_tool(alice, "metadir", {"tool.py": TOOL_SOURCE.format(name="metadir"),
+                                                "metadata.json/x.txt": "x"})   # was a 500
+    assert in_the_way.status_code == 422 and "metadata.json" in in_the_way.json()["detail"], in_the_way.text
+    assert "metadir_count" not in api["engine"].registry
     clash = upload_tool(alice, "clash", {"tool.py": TOOL_SOURCE.format(name="refused")})
     assert clash.status_code == 201
     clash2 = upload_tool(alice, "clash2", {"tool.py": TOOL_SOURCE.format(name="refused")})
     assert clash2.status_code == 409 and "refused_count" in clash2.json()["detail"]
-    for name in ("refused", "notasks", "fails", "clash2"):
+    for name in ("refused", "notasks", "fails", "clash2", "metadir"):
         assert not (api["root"] / "maze" / "model_cache" / name).exists(), name
     assert bob.delete("/tools/clash").status_code == 403
     assert alice.delete("/tools/clash").status_code == 200
