@@ -53,6 +53,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_token_name(name: str, origin: str) -> str:
+    """``name`` if a token may carry it; ``ConfigError`` saying why not."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{origin}: token name {name!r} is invalid: use up to 64 letters, digits, "
+                          f"'_', '.', '@' and '-'")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{origin}: token name {name!r} is reserved; pick another")
+    return name
+
+
 def _parse_entry(entry: str, origin: str) -> tuple[str, str]:
     """``(name, sha256 hex)`` from one ``name=token`` / ``name=sha256:<hex>`` entry."""
     name, sep, secret = entry.strip().partition("=")
@@ -60,11 +70,7 @@ def _parse_entry(entry: str, origin: str) -> tuple[str, str]:
     if not sep or not name or not secret:
         raise ConfigError(f"{origin}: a token entry must look like 'name=token' or 'name=sha256:<hex>' "
                           f"(entry for {name or '?'!r} is malformed)")
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"{origin}: token name {name!r} is invalid: use up to 64 letters, digits, "
-                          f"'_', '.', '@' and '-'")
-    if name in RESERVED_NAMES:
-        raise ConfigError(f"{origin}: token name {name!r} is reserved; pick another")
+    check_token_name(name, origin)
     if secret.startswith(HASH_PREFIX):
         digest = secret[len(HASH_PREFIX):].lower()
         if not _HEX.fullmatch(digest):

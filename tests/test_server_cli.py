@@ -242,3 +242,24 @@ def test_stop_stops_ray_only_when_this_server_started_a_head(cli, monkeypatch, t
     result = CliRunner().invoke(cli, ["stop"])
     assert result.exit_code == 0 and stopped == [True]
     assert "stopped the Ray head" in result.output
+
+
+@pytest.mark.parametrize("name, text", [("bad name", "invalid"), ("local", "reserved"), ("x=y", "invalid"),
+                                        ("a\n", "invalid")])
+def test_token_new_refuses_a_name_the_server_would_refuse(cli, name, text):
+    """The printed entry must be one [server] tokens accepts; it printed any name."""
+    result = CliRunner().invoke(cli, ["token", "new", name])
+    assert result.exit_code == 2, result.output
+    assert text in result.output and "sha256:" not in result.output
+
+
+def test_token_new_entry_is_accepted_by_the_server(cli, tmp_path):
+    from maze_api.auth import TokenTable
+    from tests.conftest import make_config
+    result = CliRunner().invoke(cli, ["token", "new", "ci-bot"])
+    assert result.exit_code == 0, result.output
+    token = result.output.split("shown once): ", 1)[1].split()[0]
+    entry = result.output.split("entry: ", 1)[1].strip().strip('"')
+    cfg = make_config(tmp_path)
+    cfg.server.tokens = [entry]
+    assert TokenTable.from_config(cfg).identify(token).name == "ci-bot"

@@ -212,7 +212,12 @@ def register_commands(cli: Any) -> None:
     @click.argument("name")
     def token_new(name: str) -> None:
         """Print a fresh token for NAME and the config line holding only its hash."""
-        from maze_api.auth import hash_token
+        from maze_api.auth import check_token_name, hash_token
+        from maze_core.errors import ConfigError
+        try:
+            check_token_name(name, "maze token new")   # an entry [server] tokens would refuse is no use
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
         token = secrets.token_urlsafe(32)
         click.echo(f"token (give it to {name}; it is shown once): {token}")
         click.echo(f'[server] tokens entry: "{name}={hash_token(token)}"')
