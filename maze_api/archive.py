@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,6 +160,23 @@ def iter_files(root: Path) -> Iterable[tuple[str, Path]]:
     return sorted(found)
 
 
+def _zip_info(name: str, st: os.stat_result) -> zipfile.ZipInfo:
+    """A member's header from the open file's own stat (ZipInfo.from_file would stat the path
+    again, following whatever a task put there since, and refuses dates before 1980)."""
+    year, *rest = time.localtime(st.st_mtime)[:6]
+    if year < 1980:
+        date_time = (1980, 1, 1, 0, 0, 0)
+    elif year > 2107:
+        date_time = (2107, 12, 31, 23, 59, 58)
+    else:
+        date_time = (year, *rest)
+    info = zipfile.ZipInfo(name, date_time)
+    info.external_attr = (st.st_mode & 0xFFFF) << 16
+    info.file_size = st.st_size
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
 def write_zip(out: IO[bytes], files: Iterable[tuple[str, Path]]) -> int:
     """Write ``(name, path)`` pairs into a zip on ``out``; returns the number of files."""
     count = 0
@@ -172,8 +190,7 @@ def write_zip(out: IO[bytes], files: Iterable[tuple[str, Path]]) -> int:
                 st = os.fstat(src.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                info = zipfile.ZipInfo.from_file(path, name)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info = _zip_info(name, st)
                 with zf.open(info, "w", force_zip64=True) as dst:
                     while chunk := src.read(CHUNK):
                         dst.write(chunk)

@@ -359,6 +359,22 @@ def test_symlinks_planted_in_a_run_folder_are_not_followed(alice, api):
     assert (api["root"] / "outside" / "secret.txt").read_bytes() == SECRET   # links removed, not followed
 
 
+def test_files_with_odd_timestamps_are_still_downloaded(alice, api):
+    """A task may leave files dated 1970 (or 2200): ZIP dates run 1980-2107, and
+    ZipInfo.from_file refused the older ones, making both downloads a 500."""
+    run_id = run_of(alice, {"a.txt": "a"})
+    folder = run_folder(api, run_id)
+    for name, when in (("old.txt", 0), ("future.txt", 7_258_118_400)):   # 1970, 2200
+        (folder / name).write_text(name)
+        os.utime(folder / name, (when, when))
+    for response in (alice.get(f"/runs/{run_id}/download"),
+                     alice.post(f"/files/download/{run_id}", json={"files": ["old.txt", "future.txt"]})):
+        assert response.status_code == 200, response.text
+        with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
+            assert zf.read("old.txt") == b"old.txt" and zf.read("future.txt") == b"future.txt"
+            assert zf.getinfo("old.txt").date_time[0] == 1980
+
+
 def test_symlink_loops_in_a_run_folder_are_refused_not_500(alice, api):
     run_id = run_of(alice, {"a.txt": "a"})
     folder = run_folder(api, run_id)
