@@ -587,6 +587,42 @@ def test_loopback_without_tokens_is_open_and_owned_by_local(tmp_path):
         engine.store.close()
 
 
+def test_tokenless_server_refuses_browser_cross_origin_and_rebound_requests(tmp_path, api):
+    """Without tokens every caller is the local admin, so a web page the user visits must not be
+    one: browsers send a cross-origin multipart POST without a CORS preflight (the page cannot
+    read the answer, but the workflow - code - runs), and DNS rebinding makes the page's own name
+    point at 127.0.0.1. Requests carrying a foreign Origin, or a Host that is not a loopback
+    name, are refused; the SDK, curl and the server's own /docs page are not affected."""
+    cfg = make_config(tmp_path)
+    cfg.logging.level = "WARNING"
+    cfg.server.cors_origins = ["http://good.example"]
+    engine = Engine.from_config(cfg, registry=ToolRegistry())
+    engine.start()
+    payload = seed_payload(("t1", summarize, [], {"text": "hi"}))
+    try:
+        with serve(create_app(cfg, engine)) as url, httpx.Client(base_url=url) as anon:
+            port = url.rsplit(":", 1)[1]
+            for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                            {"Origin": "http://localhost:8888"},                  # another local web app
+                            {"Host": f"evil.example:{port}"},                     # DNS rebinding
+                            {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}):
+                response = anon.post("/submit_workflow/", headers=headers,
+                                     files={"workflow_payload": ("w.json", json.dumps(payload))})
+                assert response.status_code == 403, (headers, response.text)
+                assert anon.get("/runs", headers=headers).status_code == 403
+            assert anon.get("/runs").json()["total"] == 0           # nothing ran
+            for headers in ({}, {"Origin": url}, {"Origin": "http://good.example"},
+                            {"Host": f"localhost:{port}"}, {"Host": f"[::1]:{port}"}):
+                assert anon.get("/runs", headers=headers).status_code == 200, headers
+            assert anon.get("/health", headers={"Origin": "http://evil.example"}).status_code == 403
+    finally:
+        engine.stop()
+        engine.store.close()
+    # with tokens, the token is what counts: a page cannot send one it does not have
+    with client(api, ALICE) as alice:
+        assert alice.get("/runs", headers={"Origin": "http://evil.example"}).status_code == 200
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
 def test_listening_beyond_loopback_needs_tokens(tmp_path, host):
     cfg = make_config(tmp_path)
