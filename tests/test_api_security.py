@@ -187,6 +187,25 @@ def test_every_endpoint_needs_a_valid_token(api, method, path, token):
     assert "detail" in response.json()
 
 
+@pytest.mark.parametrize("header", [
+    "", "Bearer", "Token " + ALICE, ALICE, "Bearer " + ALICE.upper(), "Bearer " + ALICE[:-1],
+    "Bearer " + ALICE + "0", "Bearer " + ALICE + " " + ALICE, "Bearer " + hash_token(ALICE),
+    "Bearer " + hash_token(ALICE).removeprefix("sha256:"), "Bearer " + hash_token(CAROL),
+    "Basic " + __import__("base64").b64encode(f"alice:{ALICE}".encode()).decode(),
+])
+def test_malformed_or_near_miss_authorization_is_401(api, header):
+    """Empty, scheme-only, other schemes, a token off by one character, and the stored hash
+    presented as the token (the configuration holds only hashes: they must not log in)."""
+    response = httpx.get(api["url"] + "/runs", headers={"Authorization": header}, timeout=30)
+    assert response.status_code == 401, response.text
+    response = httpx.post(api["url"] + "/tools/reload", headers={"Authorization": header}, timeout=30)
+    assert response.status_code == 401, response.text
+
+
+def test_bearer_scheme_is_case_insensitive(api):
+    assert httpx.get(api["url"] + "/runs", headers={"Authorization": "bearer " + BOB}).status_code == 200
+
+
 def test_health_and_docs_are_public(api):
     assert httpx.get(api["url"] + "/health").status_code == 200
     assert httpx.get(api["url"] + "/openapi.json").status_code == 200
@@ -404,6 +423,28 @@ def test_upload_names_are_confined_to_the_run_folder(alice, api, name):
     assert not Path("/tmp/maze-evil-upload.txt").exists()
 
 
+@pytest.mark.parametrize("name", ["\uff0e\uff0e/x.txt", "\u2025/x.txt", "..%2Fx.txt", "a\u2215..\u2215x.txt",
+                                  "\u202e\u2066txt.exe", "\u00e9t\u00e9/caf\u00e9.txt", "x:y.txt", ".../x.txt"])
+def test_look_alike_names_stay_inside_the_run_folder(alice, api, untouched, name):
+    """Unicode dots and slashes, percent-escapes and the like are plain names on this server's file
+    system: written inside the run folder (or refused), read back under the same name."""
+    run_id = run_of(alice)
+    folder = run_folder(api, run_id)
+    response = alice.post(f"/files/upload/{run_id}", files={name: ("x", b"look-alike")})
+    if response.status_code == 400:
+        assert list(folder.iterdir()) == []
+        return
+    assert response.status_code == 200, response.text
+    written = [p for p in folder.rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in written] == [b"look-alike"]
+    assert all(p.resolve().is_relative_to(folder) for p in written)
+    got = alice.post(f"/files/download/{run_id}", json={"files": [name]})
+    with zipfile.ZipFile(io.BytesIO(got.content)) as zf:
+        assert [zf.read(n) for n in zf.namelist()] == [b"look-alike"]
+    archive = submit(alice, zip_of({name: "look-alike"}))
+    assert archive.status_code in (200, 400), archive.text
+
+
 def test_upload_name_with_nul_is_refused(alice, api):
     run_id = run_of(alice)
     body = (b"--B\r\nContent-Disposition: form-data; name=\"a\x00b\"; filename=\"x\"\r\n\r\nevil\r\n--B--\r\n")
@@ -462,6 +503,29 @@ def test_streamed_body_is_counted(api, refused):
     reply = raw_request(api["url"], head, [*blocks, chunk(b"\r\n--B--\r\n"), b"0\r\n\r\n"])
     assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
     assert b"max_body_mb" in reply
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/get/", "application/json"), ("/runs/destroy", "application/json"),
+    ("/files/download/RUN", "application/json"), ("/files/upload/RUN", "multipart/form-data; boundary=B"),
+    ("/tools/upload", "multipart/form-data; boundary=B"),
+])
+def test_streamed_bodies_are_counted_on_every_endpoint_that_reads_one(api, alice, untouched, path, content_type):
+    run_id = run_of(alice)
+    head = (f"POST {path.replace('RUN', run_id)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n"
+            f"Connection: close\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    if content_type.startswith("multipart"):
+        first = b'--B\r\nContent-Disposition: form-data; name="tool_archive"; filename="p.zip"\r\n\r\n'
+    else:
+        first = b'{"files": ["'
+    blocks = [chunk(first)] + [chunk(b"x" * 65536)] * (int(MAX_BODY_MB * 1024 * 1024) // 65536 + 2)
+    reply = raw_request(api["url"], head, [*blocks, b"0\r\n\r\n"])
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+    assert list(run_folder(api, run_id).iterdir()) == []
 
 
 def test_bad_json_bodies_are_422(alice):
