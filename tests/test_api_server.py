@@ -431,6 +431,25 @@ def test_run_submitted_without_archive_has_an_empty_folder(alice):
         assert zf.namelist() == []
 
 
+@task
+def where_am_i(x: int) -> dict:
+    import os
+    return {"cwd": os.getcwd()}
+
+
+@pytest.mark.xfail(strict=True, reason="the local executor runs task bodies in threads of the server, "
+                   "which share the process's working directory: Invocation.cwd (the run folder) is "
+                   "ignored, so files a task writes land in the server's cwd, not in its run "
+                   "(issue 4; the Ray executor honours it). Needs plugins/maze_local to run bodies "
+                   "of runs with a workdir in a process of their own.")
+def test_tasks_run_in_their_run_folder(alice, api):
+    run_id = submit_ok(alice, seed_payload(("t1", where_am_i, [], {"x": 1})), {"in.txt": "x"})
+    assert wait_run(alice, run_id)["status"] == "succeeded"
+    folder = Path(api["engine"].store.read_stream(ev.run_stream(run_id))[0].data["workdir"])
+    cwd = alice.post("/get/", json={"run_id": run_id, "task_id": "t1"}).json()["data"]["cwd"]
+    assert Path(cwd).resolve() == folder.resolve()
+
+
 def test_runs_without_a_server_folder_have_no_files(alice, api):
     """A run submitted to the engine directly (say, from Python with its own workdir) is listed
     but its folder is never served or deleted by the API."""
