@@ -22,6 +22,7 @@ from maze_core.errors import NotFoundError
 
 from .archive import ArchiveError, Limits, member_parts
 from .auth import Identity, TokenTable
+from .imports import importable
 
 MB = 1024 * 1024
 RUN_DESTROYED = "RunDestroyed"   # appended to a run's stream when the server removes its folder
@@ -220,19 +221,15 @@ class ServerContext:
     # ------------------------------------------------------------------ workflows
     def load_dag(self, payload: Any, sandbox: Path) -> DAG:
         """``DAG.from_wire`` with the run folder importable, so that functions pickled by reference
-        to modules of the project archive load. Those modules are dropped from ``sys.modules``
+        to modules of the project archive load (for this request's thread only). Those modules are dropped from ``sys.modules``
         afterwards: the engine then records the functions by value, and the next run's modules of
         the same name are its own."""
-        folder = str(sandbox)
-        with self._import_lock:
+        with self._import_lock:   # module names are process-wide: one project's modules at a time
             before = set(sys.modules)
-            sys.path.insert(0, folder)
             try:
-                return DAG.from_wire(payload, registry=self.engine.registry)
+                with importable(sandbox):   # for this thread only, not for tasks running meanwhile
+                    return DAG.from_wire(payload, registry=self.engine.registry)
             finally:
-                if folder in sys.path:
-                    sys.path.remove(folder)
-                sys.path_importer_cache.pop(folder, None)
                 for name in set(sys.modules) - before:
                     file = getattr(sys.modules.get(name), "__file__", None) or ""
                     if file and Path(file).resolve().is_relative_to(sandbox):

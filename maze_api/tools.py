@@ -29,6 +29,7 @@ from maze_core.registry import import_file
 
 from .archive import Limits, safe_extract
 from .errors import BadRequest, Conflict, Unprocessable
+from .imports import importable
 
 log = get_logger("maze.api.tools")
 
@@ -61,9 +62,7 @@ def import_tasks(root: Path) -> list[Callable[..., Any]]:
     modules) and return the ``@task`` functions each defines. An import error is the uploader's:
     ``Unprocessable`` naming the file."""
     funcs: list[Callable[..., Any]] = []
-    folder = str(root)
-    sys.path.insert(0, folder)
-    try:
+    with importable(root):   # helper modules of the tool, for this thread only
         for path in _task_files(root):
             try:
                 module = import_file(path)
@@ -78,10 +77,6 @@ def import_tasks(root: Path) -> list[Callable[..., Any]]:
                 # processes (Ray) must send them by value
                 cloudpickle.register_pickle_by_value(module)
             funcs.extend(found)
-    finally:
-        if folder in sys.path:
-            sys.path.remove(folder)
-        sys.path_importer_cache.pop(folder, None)
     return funcs
 
 

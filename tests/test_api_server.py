@@ -5,6 +5,7 @@ multipart ``workflow_payload`` (the DAG wire format) plus ``project_archive``.""
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import shutil
@@ -222,6 +223,46 @@ def test_project_modules_are_importable_while_the_workflow_loads(alice, tmp_path
     assert wait_run(alice, run_id)["status"] == "succeeded"
     assert alice.post("/get/", json={"run_id": run_id, "task_id": "t1"}).json()["data"] == {"y": 42}
     assert module not in sys.modules   # the next run's module of that name will be its own
+
+
+def test_project_modules_are_importable_only_by_the_loading_request(alice, api, tmp_path):
+    """While a workflow loads, its project's modules must not become importable by the rest of the
+    server: a task running meanwhile that imports ``utils`` for the first time must not get the
+    ``utils.py`` of somebody's project archive. (The run folder was put on sys.path for the whole
+    process while the payload was unpickled.)"""
+    module, shadow = "maze_api_slowload_mod", "maze_api_shadow_probe"
+    started, release = tmp_path / "started", tmp_path / "release"
+    slow = (f"import os, time\nopen({str(started)!r}, 'w').close()\ndeadline = time.monotonic() + 20\n"
+            f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+            f"    time.sleep(0.005)\n"
+            f"from maze_core import task\n\n@task\ndef slow(x: int) -> dict:\n    return {{'x': x}}\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / f"{module}.py").write_text("from maze_core import task\n\n@task\n"
+                                                  "def slow(x: int) -> dict:\n    return {'x': x}\n")
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        payload = seed_payload(("t1", __import__(module).slow, [], {"x": 5}))
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+        sys.modules.pop(module, None)
+    answer: list[httpx.Response] = []
+    submitter = threading.Thread(target=lambda: answer.append(
+        submit(alice, payload, {f"{module}.py": slow, f"{shadow}.py": "LEAKED = True\n"})))
+    submitter.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not started.exists():
+            assert time.monotonic() < deadline and submitter.is_alive(), answer and answer[0].text
+            time.sleep(0.005)
+        # the payload is loading now (its module waits for us): another thread imports
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(shadow)
+    finally:
+        release.touch()
+        submitter.join(30)
+        sys.modules.pop(shadow, None)
+    assert answer[0].status_code == 200, answer[0].text
+    assert wait_run(alice, answer[0].json()["run_id"])["status"] == "succeeded"
 
 
 @pytest.mark.parametrize("payload, status, text", [
