@@ -75,7 +75,7 @@ def create_app(config: MazeConfig, engine: Any = None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
                            allow_credentials=False, max_age=600)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.server.max_body_mb * MB))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.server.max_body_mb * MB), tokens=tokens)
     from maze_core.plugins import load_plugins
     load_plugins().hook.register_routes(app=app)
     return app

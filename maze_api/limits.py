@@ -1,5 +1,10 @@
 """Request body limits: a declared ``Content-Length`` over the limit is refused before anything is
 read, and the bytes actually received are counted (chunked bodies, lying headers) as they stream in.
+
+A server with tokens reads at most ``UNAUTHENTICATED_BODY`` bytes of a request that carries no valid
+token: endpoints with a JSON body read and parse it before their token check runs, so anybody could
+otherwise make the server read ``max_body_mb`` per request (or wait on a body that never ends).
+Beyond that the answer is the 401 the endpoint would give, and nothing more is read.
 """
 
 from __future__ import annotations
@@ -9,7 +14,10 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import TokenTable
+
 DRAIN_LIMIT = 8 * 1024 * 1024  # bytes read and dropped before a 413, so the client can see it
+UNAUTHENTICATED_BODY = 64 * 1024   # the most read of a request without a valid token
 
 
 class BodyTooLarge(HTTPException):
@@ -20,12 +28,33 @@ class BodyTooLarge(HTTPException):
                               f"([server] max_body_mb)")
 
 
-class BodyLimitMiddleware:
-    """Pure ASGI middleware: 413 for bodies over ``max_bytes``."""
+class Unauthenticated(HTTPException):
+    """401 for a body sent without a valid token, past ``UNAUTHENTICATED_BODY``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, detail: str):
+        super().__init__(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _token_problem(scope: Scope, tokens: TokenTable | None) -> str | None:
+    """Why the request has no valid token (as the endpoint would say), or None."""
+    if tokens is None or not tokens.enabled:
+        return None
+    header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+    scheme, _, credentials = header.decode("latin-1").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return "a bearer token is required (Authorization: Bearer <token>)"
+    return None if tokens.identify(credentials) is not None else "invalid token"
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: 413 for bodies over ``max_bytes``; 401 for bodies over
+    ``UNAUTHENTICATED_BODY`` without a valid token (when ``tokens`` has any)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, tokens: TokenTable | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,27 +68,41 @@ class BodyLimitMiddleware:
                 except ValueError:
                     await _respond(send, 400, "Content-Length is not a number")
                     return
+        has_body = declared != 0 and (declared is not None or any(
+            k == b"transfer-encoding" for k, _ in scope.get("headers", ())))
+        anonymous = _token_problem(scope, self.tokens) if has_body else None
+        if anonymous is not None:
+            if declared is not None and declared > UNAUTHENTICATED_BODY:
+                await _respond(send, 401, anonymous, [(b"www-authenticate", b"Bearer")])   # nothing read
+                return
+            await self.app(scope, _counting(receive, UNAUTHENTICATED_BODY, Unauthenticated(anonymous)), send)
+            return
         if declared is not None and declared > self.max_bytes:
             # read (and drop) a moderate body so the client reads our answer rather than a reset
             if declared <= DRAIN_LIMIT:
                 await _drain(receive, DRAIN_LIMIT)
             await _respond(send, 413, BodyTooLarge(self.max_bytes).detail)
             return
-        received = 0
-        limit = self.max_bytes
+        await self.app(scope, _counting(receive, self.max_bytes, BodyTooLarge(self.max_bytes), drain=True), send)
 
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    if message.get("more_body", False):
-                        await _drain(receive, DRAIN_LIMIT)
-                    raise BodyTooLarge(limit)
-            return message
 
-        await self.app(scope, counted, send)
+def _counting(receive: Receive, limit: int, error: HTTPException, drain: bool = False) -> Receive:
+    """``receive`` raising ``error`` once more than ``limit`` body bytes came; with ``drain``, a
+    moderate rest of the body is read first so that the client sees the answer."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                if drain and message.get("more_body", False):
+                    await _drain(receive, DRAIN_LIMIT)
+                raise error
+        return message
+
+    return counted
 
 
 async def _drain(receive: Receive, cap: int) -> None:
@@ -73,10 +116,10 @@ async def _drain(receive: Receive, cap: int) -> None:
             return
 
 
-async def _respond(send: Send, status: int, detail: str) -> None:
+async def _respond(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})

@@ -528,6 +528,29 @@ def test_streamed_bodies_are_counted_on_every_endpoint_that_reads_one(api, alice
     assert list(run_folder(api, run_id).iterdir()) == []
 
 
+@pytest.mark.parametrize("path", ["/get/", "/runs/destroy", "/files/download/x", "/submit_workflow/"])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token-but-long-enough"])
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_unauthenticated_bodies_are_refused_before_they_are_read(api, path, auth, framing):
+    """Without a valid token a client must not make the server read a body of up to max_body_mb:
+    JSON endpoints read and parsed the whole body before the token was checked (and waited for
+    it however slowly it came). Here the body stalls after 100 KB: the 401 must come anyway."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Authorization: {auth}\r\n" if auth else ""
+    first = b'{"run_id": "' + b"x" * 100_000
+    if framing == "chunked":
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+        first = f"{len(first):x}\r\n".encode() + first + b"\r\n"
+    else:
+        head += f"Content-Length: {len(first) + 100_000}\r\n\r\n"
+    host, port = api["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode() + first)     # ...and nothing more
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:300]
+    assert b"www-authenticate: Bearer" in reply.lower().replace(b"bearer", b"Bearer")
+
+
 def test_bad_json_bodies_are_422(alice):
     response = alice.post("/get/", content=b"{nope", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
