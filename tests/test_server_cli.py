@@ -263,3 +263,31 @@ def test_token_new_entry_is_accepted_by_the_server(cli, tmp_path):
     cfg = make_config(tmp_path)
     cfg.server.tokens = [entry]
     assert TokenTable.from_config(cfg).identify(token).name == "ci-bot"
+
+
+def test_start_checks_the_host_from_the_config_file_too(tmp_path, monkeypatch):
+    """[server] host in the file (not only --host) is held to the loopback rule; --host 127.0.0.1
+    overrides it; with a token the exposed host is served."""
+    served = []
+    monkeypatch.setattr(maze_server, "_serve", lambda config, host, port, ray_head=None: served.append(host))
+    config = tmp_path / "maze.toml"
+
+    def cli_for(extra: str) -> click.Group:
+        config.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n[engine]\nexecutor = "local"\n'
+                          f'[logging]\nlevel = "WARNING"\n[server]\nhost = "0.0.0.0"\n{extra}')
+
+        @click.group()
+        @click.pass_context
+        def root(ctx: click.Context) -> None:
+            ctx.obj = _Ctx(str(config))
+
+        maze_server.register_commands(cli=root)
+        return root
+
+    monkeypatch.delenv("MAZE_SERVER_TOKENS", raising=False)
+    refused = CliRunner().invoke(cli_for(""), ["start"])
+    assert refused.exit_code == 2 and "beyond loopback" in refused.output and served == []
+    assert CliRunner().invoke(cli_for(""), ["start", "--host", "127.0.0.1"]).exit_code == 0
+    allowed = CliRunner().invoke(cli_for(f'tokens = ["ops={hash_token(TOKEN)}"]\n'), ["start"])
+    assert allowed.exit_code == 0, allowed.output
+    assert served == ["127.0.0.1", "0.0.0.0"]
