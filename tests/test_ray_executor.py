@@ -29,9 +29,22 @@ def _executor(**cfg):
 class TestRayContract(ExecutorContract):
     @pytest.fixture
     def executor(self, ray_cluster):
-        ex = _executor(address=ray_cluster.address)
+        # prefetch 1: a fixed admission depth, so the contract can compare capacity before/after
+        ex = _executor(address=ray_cluster.address, prefetch=1)
         yield ex
         ex.shutdown(wait=False)
+
+
+def test_admission_depth_adapts_to_task_durations():
+    ex = _executor(prefetch=16)
+    assert ex._depth() == 1.0, "before any task ends: one queued task per CPU"
+    ex._avg_s = 0.0005                     # half-millisecond tasks: queue ~5 ms of them per CPU
+    assert ex._depth() == pytest.approx(10.0)
+    ex._avg_s = 0.00001
+    assert ex._depth() == 16.0, "never more than [ray] prefetch"
+    ex._avg_s = 2.0                        # long tasks stay in the policy's queue
+    assert ex._depth() == 1.0
+    assert _executor(prefetch=0)._depth() == 0.0
 
 
 # ---------------------------------------------------------------------------- engine on Ray

@@ -1,8 +1,11 @@
 """Task bodies as Ray tasks, on this machine or on a cluster.
 
 Admission: CPU-only tasks are admitted while the CPUs (and memory) they hold, summed over the
-cluster, stay within its capacity times ``1 + [ray] prefetch``; Ray places them on nodes and
-queues the small backlog. GPU tasks are placed here, by the GPU ledger (``ledger.py``): the node
+cluster, stay within its capacity times ``1 + depth``; Ray places them on nodes and queues the
+backlog. The depth adapts to how long tasks take: enough queued work per CPU to cover a few
+milliseconds of round trip (so short tasks keep the workers busy), never more than
+``[ray] prefetch`` per CPU, and never less than one task per CPU (so long tasks stay in the
+scheduling policy's hands, not in Ray's FIFO queue). GPU tasks are placed here, by the GPU ledger (``ledger.py``): the node
 and devices are chosen from each device's free memory and the model it last ran, the task is
 pinned to that node, and ``CUDA_VISIBLE_DEVICES`` inside it names exactly those devices.
 
@@ -48,6 +51,7 @@ GPU_MEM_LABEL = "maze.gpu_mem_mb"      # node label: memory per GPU in MB ("1000
 REFRESH_S = 2.0                         # how often the view of the cluster is re-read when busy
 REMOTE_CACHE = 256                      # remote functions kept exported
 COLLECT_WAIT_S = 0.01                   # longest a newly submitted task waits to be watched
+PIPELINE_S = 0.005                      # queued work per CPU that covers a round trip to Ray
 
 
 class RayConfig(BaseModel):
@@ -59,7 +63,7 @@ class RayConfig(BaseModel):
     num_cpus: float = Field(0, ge=0)          # embedded only; 0: every CPU
     num_gpus: int = Field(-1, ge=-1)          # embedded only; -1: detect; >0 fakes GPUs (tests)
     gpu_mem_mb: list[int] = []     # memory of each GPU (MB) where no node label or reading says
-    prefetch: float = Field(2.0, ge=0, le=64)   # CPU tasks admitted beyond the CPUs, per CPU
+    prefetch: float = Field(16.0, ge=0, le=64)  # most CPU tasks queued in Ray beyond the CPUs, per CPU
     object_store_mb: int = Field(0, ge=0)     # embedded only; 0: Ray's default
     probe_gpus: bool = True        # read GPU memory with nvidia-smi on each GPU node
     namespace: str = "maze"
@@ -191,6 +195,7 @@ class RayExecutor(Executor):
         self._started = False
         self._refreshed_at = 0.0
         self._probed: dict[str, list[int]] = {}
+        self._avg_s: float | None = None          # moving average of task run time (admission depth)
         self._waiting: dict[Any, _Job] = {}      # ObjectRef -> job, for the results thread
         self._wake = threading.Event()
         self._collector: threading.Thread | None = None
@@ -367,7 +372,7 @@ class RayExecutor(Executor):
         if gpu > 0:
             self.refresh()
         with self._lock:
-            room = 1.0 + self.cfg.prefetch
+            room = 1.0 + self._depth()
             if self._cpu_held + cpu > self._cpu_total * room + 1e-9 and self._cpu_held > 0:
                 return False
             if mem and self._mem_total and self._mem_held + mem > self._mem_total and self._mem_held:
@@ -380,6 +385,13 @@ class RayExecutor(Executor):
             self._cpu_held += cpu
             self._mem_held += mem
             return grant
+
+    def _depth(self) -> float:
+        """Tasks to queue in Ray per CPU: about PIPELINE_S of work, within [min(1, prefetch), prefetch]."""
+        cap = self.cfg.prefetch
+        if self._avg_s is None:
+            return min(1.0, cap)
+        return min(cap, max(1.0, PIPELINE_S / max(self._avg_s, 1e-6)))
 
     def release(self, resources: dict[str, Any], grant: Any = True) -> None:
         with self._lock:
@@ -549,6 +561,8 @@ class RayExecutor(Executor):
                                 error=f"{kind}: {str(exc).strip().splitlines()[0] if str(exc) else kind}",
                                 traceback="".join(traceback.format_exception_only(type(exc), exc)))
         else:
+            took = outcome[2] if outcome[0] == "ok" else outcome[3]
+            self._avg_s = took if self._avg_s is None else self._avg_s + 0.1 * (took - self._avg_s)
             if outcome[0] == "ok":
                 update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "succeeded",
                                     value=outcome[1], duration_s=outcome[2])
