@@ -75,11 +75,13 @@ class EventStore(ABC):
 
     @abstractmethod
     def list_runs(self, status: str | None = None, name: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[dict[str, Any]]:
-        """Runs newest first, filtered by exact status and by name substring."""
+                  offset: int = 0, owner: str | None = None) -> list[dict[str, Any]]:
+        """Runs newest first, filtered by exact status, by name substring and by exact owner
+        (the actor that submitted the run)."""
 
     @abstractmethod
-    def count_runs(self, status: str | None = None, name: str | None = None) -> int:
+    def count_runs(self, status: str | None = None, name: str | None = None,
+                   owner: str | None = None) -> int:
         """How many runs ``list_runs`` would page through."""
 
     @abstractmethod

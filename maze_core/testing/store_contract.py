@@ -293,6 +293,13 @@ class EventStoreContract:
         assert store.count_runs(name="zzz") == 0
         assert store.list_runs(name="zzz") == []
 
+    def test_list_runs_by_owner(self, store: EventStore) -> None:
+        for i, actor in enumerate(["ann", "bob", "ann"]):
+            store.append([run_submitted(f"o{i}", ["a"], actor=actor)])
+        assert [r["run_id"] for r in store.list_runs(owner="ann")] == ["o2", "o0"]
+        assert store.count_runs(owner="bob") == 1 and store.count_runs(owner="eve") == 0
+        assert store.count_runs(owner="ann", status="running") == 2
+
     def test_list_tasks_in_submission_order(self, store: EventStore) -> None:
         order = ["zeta", "alpha", "mu", "beta", "omega"]
         # tasks first touched in a different order still list in submission order

@@ -68,6 +68,12 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migrations()
+def m002_runs_owner_index(db: sqlite_utils.Database) -> None:
+    """Runs listed per owner (the server shows each token its own runs)."""
+    db.execute("CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, created_at)")
+
+
 # --------------------------------------------------------------------------- SQL
 _EVENT_COLUMNS = "seq, stream, version, type, ts, actor, data, hash"
 _SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events"
@@ -320,8 +326,12 @@ class SqliteStore(EventStore):
         return run
 
     @staticmethod
-    def _runs_filter(status: str | None, name: str | None) -> tuple[str, list[Any]]:
+    def _runs_filter(status: str | None, name: str | None,
+                     owner: str | None = None) -> tuple[str, list[Any]]:
         clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
@@ -331,16 +341,17 @@ class SqliteStore(EventStore):
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def list_runs(self, status: str | None = None, name: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[dict[str, Any]]:
+                  offset: int = 0, owner: str | None = None) -> list[dict[str, Any]]:
         """Runs newest first (by ``created_at``, then ``run_id``). ``name`` matches a substring,
         case-insensitively for ASCII letters (SQL ``LIKE``)."""
-        where, params = self._runs_filter(status, name)
+        where, params = self._runs_filter(status, name, owner)
         return _dicts(self._conn().execute(
             f"{_SELECT_ROWS['runs']}{where} ORDER BY created_at DESC, run_id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset]))
 
-    def count_runs(self, status: str | None = None, name: str | None = None) -> int:
-        where, params = self._runs_filter(status, name)
+    def count_runs(self, status: str | None = None, name: str | None = None,
+                   owner: str | None = None) -> int:
+        where, params = self._runs_filter(status, name, owner)
         return self._conn().execute(f"SELECT count(*) FROM runs{where}", params).fetchone()[0]
 
     def list_tasks(self, run_id: str) -> list[dict[str, Any]]:
