@@ -213,7 +213,8 @@ def test_head_without_the_ray_plugin_is_a_clear_error(cli, monkeypatch):
 def test_head_starts_ray_and_points_the_engine_at_it(cli, monkeypatch):
     calls = {}
     fake = types.ModuleType("maze_ray.cluster")
-    fake.start_head = lambda port: calls.setdefault("head", port) and "10.1.2.3:7000"
+    fake.start_head = lambda port, host: calls.setdefault("head", (port, host)) and "10.1.2.3:7000"
+    fake.node_ip = lambda: "10.1.2.3"
     monkeypatch.setitem(sys.modules, "maze_ray.cluster", fake)
 
     def fake_serve(config, host, port, ray_head=None):
@@ -222,8 +223,12 @@ def test_head_starts_ray_and_points_the_engine_at_it(cli, monkeypatch):
     monkeypatch.setattr(maze_server, "_serve", fake_serve)
     result = CliRunner().invoke(cli, ["start", "--head", "--ray-port", "7000", "--port", "9123"])
     assert result.exit_code == 0, result.output
-    assert calls["head"] == 7000
+    assert calls["head"] == (7000, "127.0.0.1"), "a loopback server keeps its Ray head on loopback"
     assert calls["serve"] == ("127.0.0.1", 9123, "10.1.2.3:7000", "10.1.2.3:7000", "ray")
+    calls.clear()
+    result = CliRunner().invoke(cli, ["start", "--head", "--ray-host", "10.9.9.9", "--port", "9123"])
+    assert result.exit_code == 0, result.output
+    assert calls["head"] == (6379, "10.9.9.9")
 
 
 def test_stop_stops_ray_only_when_this_server_started_a_head(cli, monkeypatch, tmp_path):

@@ -49,6 +49,20 @@ def _labels(gpu_mem_mb: list[int] | None) -> list[str]:
     return ["--labels", f"{GPU_MEM_LABEL}={','.join(str(m) for m in gpu_mem_mb)}"]
 
 
+def node_ip() -> str:
+    """This machine's address as other machines would reach it (no packet is sent)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+
+
 def start_head(port: int = 6379, *, host: str = "127.0.0.1", num_cpus: float | None = None,
                num_gpus: int | None = None, gpu_mem_mb: list[int] | None = None) -> str:
     """Start a Ray head node on this machine; returns its address (``HOST:PORT``).

@@ -117,6 +117,16 @@ def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> No
         raise click.ClickException(f"the server could not start on {host}:{port} (see the log above)")
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @hookimpl
 def register_commands(cli: Any) -> None:
     @cli.command("start")
@@ -126,8 +136,12 @@ def register_commands(cli: Any) -> None:
     @click.option("--head", is_flag=True, help="Also start a Ray head node here and run tasks on it.")
     @click.option("--ray-port", type=click.IntRange(1, 65535), default=6379, show_default=True,
                   help="Port of the Ray head (with --head).")
+    @click.option("--ray-host", default=None,
+                  help="Address the Ray head listens on (with --head; default: 127.0.0.1 when the "
+                       "server binds loopback, else this machine's address, so workers can join).")
     @click.pass_obj
-    def start_cmd(obj: Any, host: str | None, port: int | None, head: bool, ray_port: int) -> None:
+    def start_cmd(obj: Any, host: str | None, port: int | None, head: bool, ray_port: int,
+                  ray_host: str | None) -> None:
         """Serve the Maze API (engine, store and executor in this process) until stopped."""
         from maze_core.errors import ConfigError, MazeError
         from maze_core.logging import setup_logging
@@ -158,7 +172,13 @@ def register_commands(cli: Any) -> None:
                 from maze_ray.cluster import start_head
             except ImportError as exc:
                 raise click.ClickException(f"--head needs the Ray plugin (maze_ray.cluster): {exc}") from None
-            address = start_head(ray_port)
+            from maze_ray.cluster import node_ip
+            if ray_host is None:
+                ray_host = "127.0.0.1" if _is_loopback(host) else node_ip()
+            try:
+                address = start_head(ray_port, host=ray_host)
+            except MazeError as exc:
+                raise click.ClickException(str(exc)) from None
             ray_section = dict(config.section("ray"))
             ray_section["address"] = address
             config.ray = ray_section   # [ray] address: the engine's Ray executor joins this head
