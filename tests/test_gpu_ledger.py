@@ -119,3 +119,15 @@ def test_config_toml_documents_every_ray_key():
         documented = tomllib.load(fh)["ray"]
     assert set(documented) == set(RayConfig.model_fields)
     assert RayConfig(**documented) == RayConfig()
+
+
+def test_joining_a_token_protected_head_turns_token_mode_on(tmp_path):
+    from maze_ray.executor import use_cluster_token
+    token = tmp_path / "auth_token"
+    env = {"RAY_AUTH_TOKEN_PATH": str(token)}
+    assert not use_cluster_token(env) and "RAY_AUTH_MODE" not in env, "no token: leave Ray alone"
+    token.write_text("x" * 32)
+    assert use_cluster_token(env) and env["RAY_AUTH_MODE"] == "token"
+    explicit = {"RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "disabled"}
+    assert not use_cluster_token(explicit) and explicit["RAY_AUTH_MODE"] == "disabled"
+    assert use_cluster_token({"RAY_AUTH_TOKEN": "abc", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})

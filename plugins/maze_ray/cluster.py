@@ -14,7 +14,7 @@ from pathlib import Path
 
 from maze_core.errors import MazeError
 
-from .executor import GPU_MEM_LABEL
+from .executor import GPU_MEM_LABEL, use_cluster_token
 
 
 class ClusterError(MazeError):
@@ -32,9 +32,11 @@ def _ray_exe() -> str:
 
 
 def _run(args: list[str], timeout: float = 120) -> str:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    use_cluster_token(env)     # a worker joining a token-protected head must present the token
     try:
         proc = subprocess.run([_ray_exe(), *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                              env=env)
     except subprocess.TimeoutExpired:
         raise ClusterError(f"`ray {' '.join(args)}` did not finish within {timeout:g} s") from None
     if proc.returncode != 0:

@@ -23,6 +23,7 @@ which also frees any GPU memory it held.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -139,6 +140,28 @@ def _make_body(func: Any) -> Any:
     return maze_task
 
 
+def use_cluster_token(environ: dict[str, str] | None = None) -> bool:
+    """Ray 2.60 heads started with ``ray start`` require a token, but a process joining one only
+    sends it in ``RAY_AUTH_MODE=token``. Turn that on when a token is at hand (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, where ``ray start`` keeps it) and the mode
+    was not chosen explicitly. Returns whether token mode is on."""
+    env = os.environ if environ is None else environ
+    mode = env.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if env.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        env["RAY_AUTH_MODE"] = "token"
+        if environ is None:   # this process: Ray read its settings at import; make it look again
+            try:
+                from ray._raylet import Config
+                Config.initialize("")
+            except (ImportError, AttributeError) as exc:  # a Ray without it: the variable suffices
+                log.debug("could not refresh Ray's config", error=str(exc))
+        return True
+    return False
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not minutes, when nothing listens at a HOST:PORT address (ray.init keeps
     retrying an unreachable GCS for a long time)."""
@@ -228,6 +251,7 @@ class RayExecutor(Executor):
                   "configure_logging": False}
         if cfg.address:
             _check_reachable(cfg.address)
+            use_cluster_token()
             ray.init(address=cfg.address, **common)
         else:
             opts: dict[str, Any] = {"include_dashboard": False}
