@@ -772,9 +772,11 @@ class Engine:
         return func
 
     def _remember_funcs(self, funcs: dict[str, Callable[..., Any]]) -> None:
-        """Keep recently used functions (LRU); any other is loaded again from its blob."""
+        """Keep recently used functions (LRU); any other is loaded again from its blob. A function
+        already known by its blob hash keeps its first object: the same bytes are the same code,
+        and executors cache per function object (Ray exports each new one to the cluster)."""
         for ref, func in funcs.items():
-            self._funcs[ref] = func
+            self._funcs.setdefault(ref, func)
             self._funcs.move_to_end(ref)
         while len(self._funcs) > FUNC_CACHE_SIZE:
             self._funcs.popitem(last=False)
