@@ -167,3 +167,20 @@ def test_engine_seeds_the_model_from_the_store(tmp_path):
     with Engine.from_config(cfg, registry=ToolRegistry()) as again:   # a restart keeps it
         assert again.scheduler.model.samples["nap"] == 1
         assert again.scheduler.model.estimate("nap") >= 0.05
+
+
+def test_critical_path_holds_when_roots_are_added_before_the_graph_is_seen():
+    """The engine adds a run's roots when it applies RunSubmitted, and the policy observes that
+    event only after the commit: the graph arrives after the roots. The critical path must still
+    count, for the roots already waiting and for the tasks that become ready later."""
+    s = DapsScheduler(clock=Clock())
+    teach(s, {"step": 1.0, "leaf": 1.5})
+    # a -> b -> c is a chain of 3 s; d stands alone (1.5 s)
+    graph = {"d": ("leaf", []), "a": ("step", []), "b": ("step", ["a"]), "c": ("step", ["b"])}
+    s.add(ready("r", "d", "leaf"))
+    s.add(ready("r", "a", "step"))
+    s.observe(submitted("r", graph))
+    assert [t.task_id for t in s.select(Slots(1))] == ["a"], "a heads a 3 s path, d is 1.5 s"
+    s.observe(succeeded("r", "a", 1.0))
+    s.add(ready("r", "b", "step"))
+    assert [t.task_id for t in s.select(Slots(1))] == ["b"], "b heads a 2 s path, d is 1.5 s"

@@ -121,6 +121,17 @@ class DapsScheduler(Scheduler):
                 run.children.setdefault(dep, []).append(tid)
         run.open = Counter(run.func.values())
         self._runs[run_id] = run
+        # the engine adds a run's roots before this event is committed and observed: their
+        # levels (and the cached ones) were computed without the graph; compute them again
+        run.epoch = -1
+        if run.waiting:
+            bottom = self._bottom_levels(run)
+            for heap in run.heaps.values():
+                live = [e for e in heap if e[4]]
+                for e in live:
+                    e[0] = -bottom.get(e[2].task_id, -e[0])
+                heap[:] = live
+                heapq.heapify(heap)
 
     def _bottom_levels(self, run: _Run) -> dict[str, float]:
         """Longest estimated path from each task to the end of its DAG (itself included)."""
