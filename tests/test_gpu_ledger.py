@@ -131,3 +131,19 @@ def test_joining_a_token_protected_head_turns_token_mode_on(tmp_path):
     explicit = {"RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "disabled"}
     assert not use_cluster_token(explicit) and explicit["RAY_AUTH_MODE"] == "disabled"
     assert use_cluster_token({"RAY_AUTH_TOKEN": "abc", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
+
+
+def test_a_gpu_request_needs_its_cpus_and_memory_on_the_gpu_node_itself():
+    """A big CPU-only node and a small GPU node: CPUs or memory that only the CPU node has do not
+    make a GPU request possible (it is pinned to a GPU node); it must be refused at once, not wait
+    forever, and never be pinned to a node that lacks the memory."""
+    led = GpuLedger()
+    led.set_nodes([Node("cpu-node", "", 32, 256000, []),
+                   Node("gpu-node", "", 4, 16000, [Gpu(0, 10000)])])
+    for res in ({"gpu": 1, "cpu": 8}, {"gpu_mem": 4000, "cpu": 8}, {"gpu": 1, "mem": "64G"},
+                {"gpu": 0.5, "mem": "64G"}):
+        reason = led.impossible(normalize(res))
+        assert reason, f"{res} can never run: the GPU node has 4 CPUs and 16,000 MB"
+        assert led.place(normalize(res)) is None, res
+    assert led.impossible(normalize({"gpu": 1, "cpu": 4, "mem": 16000})) is None
+    assert led.place(normalize({"gpu": 1, "cpu": 4, "mem": 16000})) is not None

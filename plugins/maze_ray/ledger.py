@@ -75,6 +75,11 @@ def _wants(resources: dict[str, Any]) -> tuple[float, int]:
     return float(resources.get("gpu") or 0.0), int(resources.get("gpu_mem") or 0)
 
 
+def _hosts(node: Node, cpu: float, mem: int) -> bool:
+    """Whether the node could ever run a task of these CPUs and memory (MB)."""
+    return node.cpu + EPS >= cpu and (not mem or node.mem >= mem)
+
+
 class GpuLedger:
     """Not thread-safe: the executor calls it under its own lock."""
 
@@ -128,11 +133,15 @@ class GpuLedger:
         if best_count < need:
             have = "no GPU" if best_count == 0 else f"at most {best_count} GPU(s) on one node"
             return f"needs {need} GPU(s) on one node; the cluster has {have}"
+        # the task is pinned to the node of its GPUs: that node must also have its CPUs and memory
+        nodes = [n for n in nodes if _hosts(n, cpu, mem)]
+        if not any(len(n.gpus) >= need for n in nodes):
+            return (f"needs {need} GPU(s) with {cpu:g} CPUs" + (f" and {mem} MB" if mem else "")
+                    + " on one node; no GPU node has that much")
         if gpu_mem:
             def fits(g: Gpu) -> bool:
                 return g.memory_mb == 0 or g.memory_mb >= gpu_mem
-            if not any(sum(1 for g in n.gpus if fits(g)) >= need and n.cpu + EPS >= cpu
-                       for n in nodes):
+            if not any(sum(1 for g in n.gpus if fits(g)) >= need for n in nodes):
                 largest = max((g.memory_mb for n in nodes for g in n.gpus), default=0)
                 return (f"needs {gpu_mem} MB of GPU memory on {need} GPU(s); the largest GPU has "
                         f"{largest} MB")
@@ -150,8 +159,9 @@ class GpuLedger:
         need = int(round(gpu)) if whole else 1
         best: tuple[tuple, Placement] | None = None
         home = self._homes.get(model) if model else None
+        mem = int(resources.get("mem") or 0)
         for node in self.alive():
-            if node.cpu + EPS < cpu:
+            if not _hosts(node, cpu, mem):
                 continue
             if whole:
                 free = [g for g in node.gpus if g.holders == 0 and g.used_frac < EPS
