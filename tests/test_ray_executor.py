@@ -459,3 +459,87 @@ def test_an_unreachable_cluster_is_a_clear_error_in_seconds(cli_env, tmp_path):
     assert out.returncode != 0
     assert "no Ray head answers at 127.0.0.1:9" in out.stderr
     assert time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------------------- review findings
+def _pid_and_devices() -> dict:
+    return {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_gpu_tasks_never_share_a_worker_process(ray_cluster):
+    """A process that ran a GPU task keeps its CUDA context (on the device it saw first) and its
+    allocator's memory: Ray retires such workers after one task (max_calls=1 for GPU functions).
+    Maze's bodies must get the same: a second GPU task, on the other device, in a fresh process."""
+    from maze_core.testing.executor_contract import ReportCollector
+    ex = _executor(address=ray_cluster.address)
+    collector = ReportCollector()
+    ex.start(collector)
+    try:
+        seen = []
+        for i in range(3):
+            res = normalize({"gpu": 1})
+            grant = ex.try_reserve(res)
+            assert grant
+            ex.submit(_inv(f"g{i}", _pid_and_devices, res, grant))
+            end = collector.until_end(f"g{i}")[-1]
+            assert end.kind == "succeeded", end.error
+            seen.append(end.value)
+        assert len({s["pid"] for s in seen}) == 3, f"GPU tasks reused a worker process: {seen}"
+    finally:
+        ex.shutdown(wait=False)
+
+
+def _inv(task_id, func, res, grant):
+    from maze_core.executor import Invocation
+    return Invocation("run-review", task_id, 1, func, {}, res, grant=grant,
+                      func_name=getattr(func, "__name__", "f"))
+
+
+def test_cpu_admission_follows_nodes_that_join_and_leave(ray_cluster, monkeypatch):
+    """CPU-only work must see the cluster change too: a node that left no longer counts as CPUs
+    to start tasks on (else tasks queued in Ray are reported started and time out there)."""
+    from maze_ray import executor as mod
+    monkeypatch.setattr(mod, "REFRESH_S", 0.0)
+    ex = _executor(address=ray_cluster.address, prefetch=0)
+    collector_calls = []
+    ex.start(collector_calls.append)
+    node = ray_cluster.cluster.add_node(num_cpus=2)
+    try:
+        one = normalize({"cpu": 1})
+
+        def cpus_after_reserving() -> float:
+            grant = ex.try_reserve(one)
+            if grant:
+                ex.release(one, grant)
+            return ex.capacity()["cpu"]
+
+        deadline = time.monotonic() + 30
+        while cpus_after_reserving() != 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ex.capacity()["cpu"] == 6, "a node that joined must count"
+        ray_cluster.cluster.remove_node(node)
+        deadline = time.monotonic() + 60
+        while cpus_after_reserving() != 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ex.capacity()["cpu"] == 4, "a node that left must not count"
+    finally:
+        if node in ray_cluster.cluster.worker_nodes:
+            ray_cluster.cluster.remove_node(node)
+        ex.shutdown(wait=False)
+
+
+def test_a_ray_failure_with_a_blank_message_is_still_reported():
+    """The results thread turns Ray's exception into the attempt's failure; one whose text is
+    blank raised IndexError there, which ended the thread: no task was ever reported again."""
+    from maze_core.executor import Invocation
+    from maze_core.testing.executor_contract import ReportCollector
+    from maze_ray.executor import _Job
+    ex = _executor()
+    collector = ReportCollector()
+    ex._report = collector
+    inv = Invocation("run-review", "blank", 1, _pid_and_devices, {}, normalize({"cpu": 1}))
+    job = _Job(inv, None, True, 1.0, 0, {}, started=True)
+    ex._jobs[("run-review", "blank")] = job
+    ex._done(job, None, RuntimeError("  \n "))
+    end = collector.until_end("blank")[-1]
+    assert end.kind == "failed" and end.error.startswith("RuntimeError")

@@ -204,6 +204,7 @@ class RayExecutor(Executor):
     def __init__(self, cfg: RayConfig | None = None):
         self.cfg = cfg or RayConfig()
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._report: Report | None = None
         self._ledger = GpuLedger()
         self._jobs: dict[tuple[str, str], _Job] = {}
@@ -297,9 +298,15 @@ class RayExecutor(Executor):
     def refresh(self, force: bool = False) -> list[str]:
         """Re-read the nodes of the cluster (at most every REFRESH_S unless forced); returns ids
         of nodes that left."""
+        if not force and time.monotonic() - self._refreshed_at < REFRESH_S:
+            return []
+        with self._refresh_lock:   # one at a time: an older view must not land after a newer one
+            return self._refresh(force)
+
+    def _refresh(self, force: bool) -> list[str]:
         now = time.monotonic()
         if not force and now - self._refreshed_at < REFRESH_S:
-            return []
+            return []           # another thread just did it
         import ray
         self._refreshed_at = now
         nodes = []
@@ -393,8 +400,7 @@ class RayExecutor(Executor):
     def try_reserve(self, resources: dict[str, Any]) -> Any:
         cpu, mem = float(resources.get("cpu") or 0.0), int(resources.get("mem") or 0)
         gpu = float(resources.get("gpu") or 0.0)
-        if gpu > 0:
-            self.refresh()
+        self.refresh()      # CPU work too: nodes that joined or left change what can start
         with self._lock:
             room = 1.0 + self._depth()
             if self._cpu_held + cpu > self._cpu_total * room + 1e-9 and self._cpu_held > 0:
@@ -440,10 +446,17 @@ class RayExecutor(Executor):
         if hit is not None and hit[0] is func:
             self._remotes.move_to_end(key)
             return hit[1]
-        base = self._remotes.get((id(func),))
+        # GPU tasks get a worker process each (max_calls=1, as Ray's own GPU functions): a
+        # process keeps the CUDA context of the device it saw first, whatever
+        # CUDA_VISIBLE_DEVICES says later, and its allocator's memory, which the ledger counts free.
+        # max_calls is fixed at ray.remote, not per .options(): a separate function for GPU work.
+        gpu = bool(opts.get("num_gpus"))
+        base_key = (id(func), gpu)
+        base = self._remotes.get(base_key)
         if base is None or base[0] is not func:
-            base = (func, ray.remote(max_retries=0)(_make_body(func)))
-            self._remotes[(id(func),)] = base
+            extra = {"max_calls": 1} if gpu else {}
+            base = (func, ray.remote(max_retries=0, **extra)(_make_body(func)))
+            self._remotes[base_key] = base
         remote = base[1].options(**opts)
         self._remotes[key] = (func, remote)
         while len(self._remotes) > REMOTE_CACHE:
@@ -525,7 +538,14 @@ class RayExecutor(Executor):
                     except Exception as exc:  # noqa: BLE001 - the attempt's failure
                         outcomes.append((None, exc))
             for job, (value, exc) in zip(jobs, outcomes, strict=True):
-                self._done(job, value, exc)
+                try:
+                    self._done(job, value, exc)
+                except Exception as err:  # noqa: BLE001 - this thread reports every task: live on
+                    log.exception("could not report a Ray task's end", task_id=job.inv.task_id)
+                    inv = job.inv       # an end the engine already has is ignored there
+                    if self._report is not None:
+                        self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                                                error=f"MazeInternalError: {type(err).__name__}: {err}"))
 
     def _fits_now(self, cpu: float) -> bool:
         return self._cpu_running + cpu <= self._cpu_total + 1e-9 or self._cpu_running == 0
@@ -581,8 +601,9 @@ class RayExecutor(Executor):
             kind = _failure_name(exc)
             if kind == "WorkerLost":
                 self._refreshed_at = 0.0     # re-read the nodes before the next placement
+            lines = str(exc).strip().splitlines()
             update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
-                                error=f"{kind}: {str(exc).strip().splitlines()[0] if str(exc) else kind}",
+                                error=f"{kind}: {lines[0] if lines else kind}",
                                 traceback="".join(traceback.format_exception_only(type(exc), exc)))
         else:
             took = outcome[2] if outcome[0] == "ok" else outcome[3]
