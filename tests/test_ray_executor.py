@@ -543,3 +543,44 @@ def test_a_ray_failure_with_a_blank_message_is_still_reported():
     ex._done(job, None, RuntimeError("  \n "))
     end = collector.until_end("blank")[-1]
     assert end.kind == "failed" and end.error.startswith("RuntimeError")
+
+
+def _block_then_mark(release: str, marker: str) -> dict:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Path(marker).write_text("ran")
+    return {}
+
+
+def test_shutdown_leaves_nothing_running_on_a_shared_cluster(ray_cluster, tmp_path, monkeypatch):
+    """The executor does not own the session's Ray: after shutdown(wait=True) has waited its
+    limit, a body still running and a task still in the backlog must not go on (or start) on
+    the cluster behind Maze's back."""
+    from maze_core.testing.executor_contract import ReportCollector
+    from maze_ray import executor as mod
+    monkeypatch.setattr(mod, "SHUTDOWN_WAIT_S", 0.5, raising=False)
+    ex = _executor(address=ray_cluster.address, prefetch=1)
+    collector = ReportCollector()
+    ex.start(collector)
+    release = tmp_path / "release"
+    from maze_core.executor import Invocation
+    running = Invocation("run-review", "running", 1, _block_then_mark,
+                         {"release": str(release), "marker": str(tmp_path / "running")},
+                         normalize({"cpu": 4}))
+    queued = Invocation("run-review", "queued", 1, _block_then_mark,
+                        {"release": str(release), "marker": str(tmp_path / "queued")},
+                        normalize({"cpu": 1}))
+    for inv in (running, queued):
+        inv.grant = ex.try_reserve(inv.resources)
+        assert inv.grant
+        ex.submit(inv)
+    collector.until_started("running")
+    time.sleep(0.3)                         # the body is under way
+    t0 = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - t0 < 10
+    release.touch()
+    time.sleep(2.0)
+    assert not (tmp_path / "running").exists(), "a body outlived the executor's shutdown"
+    assert not (tmp_path / "queued").exists(), "a backlog task started after the executor's shutdown"

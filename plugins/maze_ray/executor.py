@@ -52,6 +52,7 @@ GPU_MEM_LABEL = "maze.gpu_mem_mb"      # node label: memory per GPU in MB ("1000
 REFRESH_S = 2.0                         # how often the view of the cluster is re-read when busy
 REMOTE_CACHE = 256                      # remote functions kept exported
 COLLECT_WAIT_S = 0.01                   # longest a newly submitted task waits to be watched
+SHUTDOWN_WAIT_S = 30.0                  # shutdown(wait=True): longest wait for running tasks
 PIPELINE_S = 0.005                      # queued work per CPU that covers a round trip to Ray
 
 
@@ -279,14 +280,18 @@ class RayExecutor(Executor):
             self._started = False
             self._waiting.clear()
         self._wake.set()
-        for job in jobs:
-            if not wait:
-                self._kill(job)
-        if wait and jobs:
+        # tasks not yet started by our books are dropped (as the local executor does); running
+        # ones are waited for, up to SHUTDOWN_WAIT_S, then stopped: on a Ray this executor does
+        # not own, nothing may go on (or start) behind the stopped engine's back
+        running = [j for j in jobs if j.started] if wait else []
+        if running:
             try:
-                ray.wait([j.ref for j in jobs], num_returns=len(jobs), timeout=30)
+                ray.wait([j.ref for j in running], num_returns=len(running),
+                         timeout=SHUTDOWN_WAIT_S)
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
+        for job in jobs:
+            self._kill(job)     # a task that already ended: nothing to cancel
         if self._collector is not None:
             self._collector.join(timeout=5)
             self._collector = None
