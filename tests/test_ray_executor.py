@@ -256,7 +256,9 @@ def test_cancel_kills_the_running_body_and_frees_its_gpu(ray_engine, tmp_path):
 
 
 def test_timeout_stops_a_hanging_gpu_task(ray_engine, tmp_path):
-    @task(gpu_mem=6000, timeout=1.0)
+    # GPU tasks start a fresh worker process each (max_calls=1): the timeout counts from when
+    # the task could run, so it covers that start, which takes seconds on a loaded machine
+    @task(gpu_mem=6000, timeout=4.0)
     def hang(pidfile: str) -> dict:
         Path(pidfile).write_text(str(os.getpid()))
         time.sleep(120)
