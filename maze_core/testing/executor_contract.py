@@ -45,8 +45,9 @@ def _boom(message: str) -> None:
 def _wait_for_file(release: str, marker: str = "", limit: float = 60.0) -> dict:
     """Block until the test creates ``release`` (at most ``limit`` seconds), then write ``marker``."""
     start = time.time()
-    if marker:
-        Path(marker + ".pid").write_text(str(os.getpid()))   # who runs the body
+    if marker:   # who runs the body (written whole, then renamed: a reader never sees it empty)
+        Path(marker + ".pid.tmp").write_text(str(os.getpid()))
+        os.replace(marker + ".pid.tmp", marker + ".pid")
     deadline = time.monotonic() + limit
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -53,6 +53,8 @@ REFRESH_S = 2.0                         # how often the view of the cluster is r
 REMOTE_CACHE = 256                      # remote functions kept exported
 COLLECT_WAIT_S = 0.01                   # longest a newly submitted task waits to be watched
 SHUTDOWN_WAIT_S = 30.0                  # shutdown(wait=True): longest wait for running tasks
+RECANCEL_S = 30.0                       # how long a cancel is repeated until the task has ended
+SHUTDOWN_CANCEL_S = 5.0                 # the same, at shutdown on a Ray this executor does not own
 PIPELINE_S = 0.005                      # queued work per CPU that covers a round trip to Ray
 
 
@@ -291,7 +293,9 @@ class RayExecutor(Executor):
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
         for job in jobs:
-            self._kill(job)     # a task that already ended: nothing to cancel
+            self._kill(job, recancel=False)   # a task that already ended: nothing to cancel
+        if not self._owns_ray:    # a shared Ray goes on: make sure every cancel took effect
+            _ensure_cancelled([j.ref for j in jobs], SHUTDOWN_CANCEL_S)
         if self._collector is not None:
             self._collector.join(timeout=5)
             self._collector = None
@@ -633,10 +637,29 @@ class RayExecutor(Executor):
         self._announce(promoted)
 
     @staticmethod
-    def _kill(job: _Job) -> None:
+    def _kill(job: _Job, recancel: bool = True) -> None:
         import ray
         try:
             ray.cancel(job.ref, force=True)
         except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
             log.debug("cancel failed", error=str(exc))
+        if recancel:
+            threading.Thread(target=_ensure_cancelled, args=([job.ref], RECANCEL_S),
+                             name="maze-ray-cancel", daemon=True).start()
+
+
+def _ensure_cancelled(refs: list[Any], limit_s: float) -> None:
+    """Repeat ``ray.cancel`` until the tasks have ended (or ``limit_s`` passed): a cancel that
+    reaches a task while Ray is still starting its worker can be lost, and the body would then
+    run; once it runs, a forced cancel kills its worker."""
+    import ray
+    deadline = time.monotonic() + limit_s
+    pending = [r for r in refs if r is not None]
+    while pending and time.monotonic() < deadline:
+        try:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - Ray is going away: nothing left to cancel
+            return
 
