@@ -38,6 +38,7 @@ from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundErr
 from .events import NewEvent, compact_json
 from .executor import Executor, Invocation, TaskUpdate
 from .logging import ensure_logging, get_logger
+from .procs import process_alive, process_started
 from .runtime import tool_event
 from .scheduler import ReadyTask, Scheduler
 from .state import _MISSING, ACTIVE, PENDING, QUEUED, RETRYING, RUNNING, TERMINAL, RunState
@@ -79,18 +80,10 @@ FUNC_CACHE_SIZE = 4096
 TIMERS_COMPACT_MIN = 10000
 
 
-def _process_started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or None if unknown.
-    Together with the pid it names one process: a pid reused later has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _driver() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_started(os.getpid())}
 
 
 def _driver_alive(driver: dict[str, Any]) -> bool:
@@ -98,14 +91,7 @@ def _driver_alive(driver: dict[str, Any]) -> bool:
     pid = driver.get("pid")
     if driver.get("host") != socket.gethostname() or not pid or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = driver.get("started")
-    return started is None or _process_started(pid) == started
+    return process_alive(pid, driver.get("started"))
 
 
 def _clean_text(text: str | None) -> str | None:

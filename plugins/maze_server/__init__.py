@@ -19,42 +19,14 @@ from typing import Any
 import click
 
 from maze_core import hookimpl
+from maze_core.procs import process_alive, process_started
 
 SERVER_FILE = "server.json"
 
 
-def _process_started(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), to tell it from a later process with its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _alive(info: dict[str, Any]) -> bool:
     """Whether the process recorded in server.json is still that process."""
-    pid = info.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if _zombie(pid):   # exited, not yet reaped by its parent
-        return False
-    started = info.get("process_started")
-    return started is None or _process_started(pid) in (None, started)
+    return process_alive(info.get("pid"), info.get("process_started"))
 
 
 def read_server_file(data_dir: Path) -> dict[str, Any] | None:
@@ -102,7 +74,7 @@ def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> No
             bound = self.servers[0].sockets[0].getsockname()
             url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
             _write_server_file(data_dir, {
-                "pid": os.getpid(), "process_started": _process_started(os.getpid()),
+                "pid": os.getpid(), "process_started": process_started(os.getpid()),
                 "host": bound[0], "port": bound[1], "url": f"http://{url_host}:{bound[1]}",
                 "started_at": time.time(), "config": config.source, "ray_head": ray_head})
 
