@@ -553,6 +553,7 @@ class Engine:
             self._live[run_id] = {}
             self._remember_funcs(funcs)
             self._blobs.update(blobs)
+            self.scheduler.plan(run_id, data["tasks"])   # the policy sees the DAG before its roots
             self._emit(state, ev.RUN_SUBMITTED, data, actor)
             self._replies.append((reply, run_id))
             log.info("run submitted", run_id=run_id, name=data["name"], tasks=len(data["tasks"]))

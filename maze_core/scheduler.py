@@ -49,6 +49,11 @@ class Scheduler(ABC):
     def observe(self, event: Any) -> None:  # noqa: B027 - optional
         """Learn from a committed event (``maze_core.events.Event``)."""
 
+    def plan(self, run_id: str, tasks: dict[str, dict[str, Any]]) -> None:  # noqa: B027 - optional
+        """A run is being submitted: ``tasks`` maps task id to its spec (``func_name``,
+        ``dependencies``...). Called before its first tasks are added, so a policy can rank them
+        by the whole DAG (``observe`` sees the ``RunSubmitted`` event only after it is committed)."""
+
     def learn_from(self, store: Any) -> None:  # noqa: B027 - optional
         """Called once when the engine starts, with its ``EventStore``: learn from the history
         (for example ``store.task_durations()``) before the first task is dispatched."""

@@ -184,3 +184,40 @@ def test_critical_path_holds_when_roots_are_added_before_the_graph_is_seen():
     s.observe(succeeded("r", "a", 1.0))
     s.add(ready("r", "b", "step"))
     assert [t.task_id for t in s.select(Slots(1))] == ["b"], "b heads a 2 s path, d is 1.5 s"
+
+
+def test_the_first_dispatch_of_a_run_already_follows_its_critical_path(tmp_path):
+    """The engine dispatches a run's roots in the same turn it records the run, before the policy
+    observes RunSubmitted: plan() hands the DAG over first. With one slot, the first task queued
+    decides, and it must be the chain's root, not one of the leaves listed before it."""
+    from maze_core import DAG, task
+    from maze_core.engine import Engine
+    from maze_core.registry import ToolRegistry
+
+    from .conftest import make_config
+
+    @task
+    def leaf() -> dict:
+        return {}
+
+    @task
+    def step(prev: dict | None = None) -> dict:
+        return {}
+
+    cfg = make_config(tmp_path, scheduler="daps")
+    cfg.local.cpus = 1
+    cfg.local.prefetch = 0
+    with Engine.from_config(cfg, registry=ToolRegistry()) as eng:
+        teach(eng.scheduler, {"leaf": 1.0, "step": 1.0})
+        dag = DAG("plan")
+        for _ in range(3):
+            dag.add_task(leaf)
+        prev = dag.add_task(step)
+        root = prev
+        for _ in range(3):
+            prev = dag.add_task(step, inputs={"prev": prev.output})
+        run_id = eng.submit(dag)
+        assert eng.wait(run_id, timeout=30)["status"] == "succeeded"
+        queued = [e.data["task_id"] for e in eng.store.read_stream(f"run:{run_id}")
+                  if e.type == ev.TASK_QUEUED]
+    assert queued[0] == root, queued

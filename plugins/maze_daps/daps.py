@@ -59,7 +59,8 @@ class DurationModel:
 
 
 class _Run:
-    __slots__ = ("children", "func", "open", "seen_at", "bottom", "epoch", "heaps", "waiting")
+    __slots__ = ("children", "func", "open", "seen_at", "bottom", "epoch", "heaps", "waiting",
+                 "planned")
 
     def __init__(self, seen_at: float):
         self.children: dict[str, list[str]] = {}
@@ -70,6 +71,7 @@ class _Run:
         self.epoch = -1
         self.heaps: dict[tuple, list[list[Any]]] = {}
         self.waiting = 0
+        self.planned = False                  # the DAG is known (plan() or RunSubmitted)
 
 
 class DapsScheduler(Scheduler):
@@ -112,8 +114,16 @@ class DapsScheduler(Scheduler):
             if run is not None and run.waiting == 0:
                 del self._runs[event.stream[4:]]
 
+    def plan(self, run_id: str, tasks: dict[str, dict[str, Any]]) -> None:
+        """The engine hands over a run's DAG before adding its roots."""
+        self._graph(run_id, tasks)
+
     def _graph(self, run_id: str, tasks: dict[str, dict[str, Any]]) -> None:
-        run = self._runs.get(run_id) or _Run(self._clock())
+        run = self._runs.get(run_id)
+        if run is not None and run.planned:
+            return                     # planned at submission; RunSubmitted observed after commit
+        run = run or _Run(self._clock())
+        run.planned = True
         for tid, spec in tasks.items():
             run.func[tid] = spec.get("func_name", "")
             run.children.setdefault(tid, [])
