@@ -188,11 +188,11 @@ def test_token_new_prints_a_token_and_its_hash(env):
 
 
 # ---------------------------------------------------------------------------- --head and Ray, faked
-@pytest.fixture
-def cli(tmp_path):
+def _server_cli(tmp_path, extra: str = "") -> click.Group:
+    """A root command with only the server plugin's commands, on a config in ``tmp_path``."""
     config = tmp_path / "maze.toml"
     config.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n[engine]\nexecutor = "local"\n'
-                      f'[logging]\nlevel = "WARNING"\n')
+                      f'[logging]\nlevel = "WARNING"\n{extra}')
 
     @click.group()
     @click.pass_context
@@ -201,6 +201,11 @@ def cli(tmp_path):
 
     maze_server.register_commands(cli=root)
     return root
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return _server_cli(tmp_path)
 
 
 def test_head_without_the_ray_plugin_is_a_clear_error(cli, monkeypatch):
@@ -275,19 +280,8 @@ def test_start_checks_the_host_from_the_config_file_too(tmp_path, monkeypatch):
     overrides it; with a token the exposed host is served."""
     served = []
     monkeypatch.setattr(maze_server, "_serve", lambda config, host, port, ray_head=None: served.append(host))
-    config = tmp_path / "maze.toml"
-
     def cli_for(extra: str) -> click.Group:
-        config.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n[engine]\nexecutor = "local"\n'
-                          f'[logging]\nlevel = "WARNING"\n[server]\nhost = "0.0.0.0"\n{extra}')
-
-        @click.group()
-        @click.pass_context
-        def root(ctx: click.Context) -> None:
-            ctx.obj = _Ctx(str(config))
-
-        maze_server.register_commands(cli=root)
-        return root
+        return _server_cli(tmp_path, f'[server]\nhost = "0.0.0.0"\n{extra}')
 
     monkeypatch.delenv("MAZE_SERVER_TOKENS", raising=False)
     refused = CliRunner().invoke(cli_for(""), ["start"])
