@@ -29,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import DAGValidationError, MazeError, NotFoundError, ResourceError, TaskDefinitionError
+from .executor import Held, Pick
 from .registry import TaskMeta, ToolRegistry, get_meta, task_registry
 from .resources import normalize
 
@@ -205,7 +206,8 @@ def resolve_inputs(inputs: Mapping[str, Any], task_ids: Collection[str],
     """``inputs`` with every reference (nested ones too) replaced by the referenced value.
 
     ``outputs`` maps task id to result; a referenced task without a result raises
-    ``ReferenceResolutionError``."""
+    ``ReferenceResolutionError``. A result given as ``Held`` (an executor holds it) becomes a
+    ``Pick`` of it, for that executor to resolve where the task runs."""
 
     def resolve(value: Any) -> Any:
         if isinstance(value, str):
@@ -215,7 +217,10 @@ def resolve_inputs(inputs: Mapping[str, Any], task_ids: Collection[str],
             task_id, path = ref
             if task_id not in outputs:
                 raise ReferenceResolutionError(f"{value!r}: task {task_id} has no result yet")
-            return resolve_path(outputs[task_id], path, ref=value)
+            output = outputs[task_id]
+            if type(output) is Held:
+                return Pick(output.handle, tuple(path), str(value))
+            return resolve_path(output, path, ref=value)
         if isinstance(value, Mapping):
             return {key: resolve(item) for key, item in value.items()}
         if isinstance(value, list | tuple):

@@ -36,7 +36,7 @@ from . import results
 from .config import MazeConfig, load_config
 from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundError, RunStateError
 from .events import NewEvent, compact_json
-from .executor import Executor, Invocation, TaskUpdate
+from .executor import Executor, Held, Invocation, TaskUpdate
 from .logging import ensure_logging, get_logger
 from .procs import process_alive, process_started
 from .runtime import tool_event
@@ -124,6 +124,7 @@ class Engine:
         self.config = config or MazeConfig()
         self.actor = actor
         self._isolated = bool(getattr(executor, "isolates_inputs", False))
+        self._holds = bool(getattr(executor, "holds_results", False))
         ec = self.config.engine
         self._backoff, self._backoff_max = ec.retry_backoff, ec.retry_backoff_max
         self._inline_limit, self._max_batch = ec.inline_result_limit, ec.max_batch
@@ -636,15 +637,13 @@ class Engine:
         for reply, value in self._replies:
             reply.set(value)
         self._replies = []
-        for inv in self._to_submit:
-            try:
-                self.executor.submit(inv)
-            except Exception as exc:
+        if self._to_submit:
+            invocations, self._to_submit = self._to_submit, []
+            for inv, exc in self.executor.submit_many(invocations):
                 self.executor.release(inv.resources, inv.grant)
                 self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
                                         error=f"{type(exc).__name__}: executor refused the task: {exc}",
-                                        traceback=tb_mod.format_exc()))
-        self._to_submit = []
+                                        traceback="".join(tb_mod.format_exception(exc))))
 
     def _append(self) -> list[ev.Event]:
         while True:
@@ -731,7 +730,7 @@ class Engine:
             attempt = task.attempt + 1
             try:
                 func = self._load_func(spec)
-                kwargs = self._resolve_inputs(state, spec)
+                kwargs, held = self._resolve_inputs(state, spec, attempt)
             except Exception as exc:
                 self.executor.release(ready.resources, grant)
                 self._emit(state, ev.TASK_QUEUED, {"task_id": ready.task_id, "attempt": attempt})
@@ -743,7 +742,7 @@ class Engine:
                 self._served(state.run_id, spec.get("dependencies") or ())
             self._to_submit.append(Invocation(
                 state.run_id, ready.task_id, attempt, func, kwargs, spec["resources"],
-                spec.get("timeout"), spec["func_name"], grant, state.workdir))
+                spec.get("timeout"), spec["func_name"], grant, state.workdir, held))
 
     def _load_func(self, spec: dict[str, Any]) -> Callable[..., Any]:
         ref = spec.get("func_ref")
@@ -768,24 +767,32 @@ class Engine:
         while len(self._funcs) > FUNC_CACHE_SIZE:
             self._funcs.popitem(last=False)
 
-    def _resolve_inputs(self, state: RunState, spec: dict[str, Any]) -> dict[str, Any]:
+    def _resolve_inputs(self, state: RunState, spec: dict[str, Any], attempt: int = 1
+                        ) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """The task's inputs with references resolved, and the executor's handles among them (a
+        result the executor holds is passed as a ``Pick`` of it; a retry gets the logged value,
+        in case the executor's copy is what failed)."""
         from .dag import resolve_inputs
         deps = spec.get("dependencies") or ()
         if not deps:  # each attempt gets its own copy: a task mutating its inputs changes nothing else
-            return spec["inputs"] if self._isolated else copy.deepcopy(spec["inputs"])
+            return (spec["inputs"] if self._isolated else copy.deepcopy(spec["inputs"])), ()
         live = self._live.setdefault(state.run_id, {})
         outputs = {}
+        held = []
         for dep in deps:
-            if dep in live:
-                outputs[dep] = live[dep]
+            value = live.get(dep, _MISSING)
+            if value is not _MISSING and not (attempt > 1 and type(value) is Held):
+                outputs[dep] = value
+                if type(value) is Held:
+                    held.append(value.handle)
                 continue
             t = state.tasks[dep]
             outputs[dep] = results.decode(None if t.result is _MISSING else t.result,
                                           t.result_ref, self.store.get_blob)
-            if self._unserved.get(state.run_id, {}).get(dep, 1) > 0:
+            if value is _MISSING and self._unserved.get(state.run_id, {}).get(dep, 1) > 0:
                 live[dep] = outputs[dep]   # after a resume: consumers may still come
         kwargs = resolve_inputs(spec["inputs"], state.tasks.keys(), outputs)
-        return kwargs if self._isolated else copy.deepcopy(kwargs)
+        return (kwargs if self._isolated else copy.deepcopy(kwargs)), tuple(held)
 
     def _served(self, run_id: str, deps: Iterable[str]) -> None:
         """A consumer of ``deps`` was dispatched for the first time: once every consumer of a
@@ -820,22 +827,29 @@ class Engine:
                                                 "worker": u.worker})
         duration = round(u.duration_s or 0.0, 6)
         if u.kind == "succeeded":
-            try:
-                fields, blobs = results.encode(u.value, self._inline_limit)
-            except results.ResultEncodingError as exc:
-                self._fail_attempt(state, u.task_id, u.attempt, f"ResultError: {exc}", None, duration,
-                                   retryable=False)
-                return
+            if u.encoded is not None:       # encoded where it ran
+                fields, blobs = u.encoded
+            else:
+                try:
+                    fields, blobs = results.encode(u.value, self._inline_limit)
+                except results.ResultEncodingError as exc:
+                    self._fail_attempt(state, u.task_id, u.attempt, f"ResultError: {exc}", None,
+                                       duration, retryable=False)
+                    return
             self._blobs.update(blobs)
             if task.children:  # kept for the consumers to come, not beyond: exactly what the log holds
-                self._live.setdefault(state.run_id, {})[u.task_id] = results.decode(
-                    fields.get("result"), fields.get("result_ref"), blobs.__getitem__)
+                if self._holds and u.handle is not None and "result_ref" in fields:
+                    kept: Any = Held(u.handle)   # large: the executor hands its copy on
+                else:
+                    kept = results.decode(fields.get("result"), fields.get("result_ref"),
+                                          blobs.__getitem__)
+                self._live.setdefault(state.run_id, {})[u.task_id] = kept
                 self._unserved.setdefault(state.run_id, {})[u.task_id] = len(task.children)
             self._emit(state, ev.TASK_SUCCEEDED, {"task_id": u.task_id, "attempt": u.attempt,
                                                   "duration_s": duration, **fields})
         else:
             self._fail_attempt(state, u.task_id, u.attempt, _clean_text(u.error) or "failed",
-                               _clean_text(u.traceback), duration)
+                               _clean_text(u.traceback), duration, retryable=u.retryable)
 
     def _fail_attempt(self, state: RunState, task_id: str, attempt: int, error: str,
                       traceback: str | None, duration: float | None, retryable: bool = True) -> None:

@@ -7,6 +7,13 @@ engine hands it back as ``Invocation.grant`` or to ``release``. The executor rep
 given to ``start``: first ``started`` (with where it runs), then exactly one of ``succeeded`` or
 ``failed``. It releases the reservation *before* reporting the end, so the engine can dispatch the
 next task at once. ``maze_core.testing.executor_contract`` is the reusable test suite.
+
+Large results need not travel back down through the engine. An executor with ``holds_results``
+reports, with a result stored as a blob, a ``handle`` on its own copy (Ray: the object in the
+object store). The engine keeps ``Held(handle)`` for the consumers instead of the decoded value,
+and a consumer's inputs then carry ``Pick(handle, path, ref)`` where the value would be: the
+executor resolves it where the task runs, decoding exactly what the log holds. The log still gets
+every result (events are the source of truth): a result goes up to the engine once, never down.
 """
 
 from __future__ import annotations
@@ -15,6 +22,34 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A result an executor still holds (``TaskUpdate.handle``), in place of its value."""
+
+    handle: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """In ``Invocation.kwargs``: the value at ``path`` inside the result held as ``handle``;
+    ``ref`` is the reference text (for errors). Only executors with ``holds_results`` get these."""
+
+    handle: Any
+    path: tuple[str | int, ...]
+    ref: str
+
+
+def map_picks(value: Any, fn: Callable[[Pick], Any]) -> Any:
+    """``value`` (task inputs: dicts and lists) with every ``Pick`` replaced by ``fn(pick)``."""
+    if type(value) is Pick:
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_picks(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_picks(v, fn) for v in value]
+    return value
 
 
 @dataclass(slots=True)
@@ -31,6 +66,7 @@ class Invocation:
     func_name: str = ""
     grant: Any = True                    # what try_reserve returned for this invocation
     cwd: str | None = None               # the run's working directory (its sandbox), if it has one
+    held: tuple[Any, ...] = ()           # handles of the ``Pick`` values inside ``kwargs``, if any
 
 
 @dataclass(slots=True)
@@ -46,6 +82,11 @@ class TaskUpdate:
     traceback: str | None = None
     duration_s: float | None = None
     worker: dict[str, Any] = field(default_factory=dict)
+    encoded: tuple[dict[str, Any], dict[str, bytes]] | None = None  # the result already encoded
+    #   by ``maze_core.results.encode`` where it ran (then ``value`` is unused)
+    handle: Any = None                   # the executor's copy of a blob result (``holds_results``)
+    retryable: bool = True               # False: a retry cannot help (a result that cannot be
+    #   stored, an input reference that does not resolve)
 
 
 Report = Callable[[TaskUpdate], None]
@@ -59,6 +100,9 @@ class Executor(ABC):
     #: True when bodies receive their own copy of the inputs anyway (they are serialised to another
     #: process): the engine then skips its defensive deep copy.
     isolates_inputs: bool = False
+    #: True when reports carry a ``handle`` for results stored as blobs and ``submit`` resolves
+    #: the ``Pick`` values that then appear in consumers' inputs (see the module docstring).
+    holds_results: bool = False
 
     @abstractmethod
     def start(self, report: Report) -> None:
@@ -84,6 +128,18 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, invocation: Invocation) -> None:
         """Run a task whose resources were reserved. Must not block."""
+
+    def submit_many(self, invocations: list[Invocation]) -> list[tuple[Invocation, Exception]]:
+        """Submit what one turn of the engine dispatched; returns the invocations refused, each
+        with why (their reservations are still held: the engine releases them). An executor may
+        override it to run several invocations as one unit (the Ray executor fuses tiny tasks)."""
+        refused = []
+        for inv in invocations:
+            try:
+                self.submit(inv)
+            except Exception as exc:  # noqa: BLE001 - the engine records it as the attempt's failure
+                refused.append((inv, exc))
+        return refused
 
     @abstractmethod
     def cancel(self, run_id: str, task_id: str) -> None:

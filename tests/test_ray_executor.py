@@ -14,7 +14,7 @@ import pytest
 from maze_core import DAG, task
 from maze_core.errors import DAGValidationError, ResourceError
 from maze_core.resources import normalize
-from maze_core.testing.executor_contract import ExecutorContract
+from maze_core.testing.executor_contract import ExecutorContract, value_of
 
 from .conftest import make_config
 
@@ -104,6 +104,106 @@ def test_fan_out_runs_on_ray_and_records_where(ray_engine):
     assert os.getpid() not in pids, "bodies run in Ray worker processes, not in the driver"
     started = _events(ray_engine, run_id, "TaskStarted")
     assert started and all(e.data["worker"]["executor"] == "ray" for e in started)
+
+
+def _spy_submits(engine) -> list:
+    """The invocations the engine hands to its executor, in order."""
+    seen = []
+    submit = engine.executor.submit
+
+    def spy(inv):
+        seen.append(inv)
+        submit(inv)
+
+    engine.executor.submit = spy
+    return seen
+
+
+BIG = 300_000      # characters: far over [engine] inline_result_limit, so stored as a blob
+
+
+@task
+def produce(n: int) -> dict:
+    return {"blob": "x" * n, "n": n, "pid": os.getpid()}
+
+
+def test_large_results_reach_consumers_from_rays_store_not_the_driver(ray_engine):
+    """A blob result stays in Ray's object store for its consumers: the engine hands them a Pick
+    of it, the worker resolves the path there, and the log still holds the whole result."""
+    from maze_core.executor import Pick
+
+    @task
+    def consume(blob: str, n: int, both: list) -> dict:
+        return {"len": len(blob), "n": n, "same": both == [blob, n], "pid": os.getpid()}
+
+    @task
+    def tiny() -> dict:
+        return {"v": 1}
+
+    @task
+    def plus(v: int) -> dict:
+        return {"v": v + 1}
+
+    seen = _spy_submits(ray_engine)
+    dag = DAG("handoff")
+    p = dag.add_task(produce, inputs={"n": BIG})
+    c = dag.add_task(consume, inputs={"blob": p.output.blob, "n": p.output.n,
+                                      "both": [p.output.blob, p.output.n]})
+    small = dag.add_task(plus, inputs={"v": dag.add_task(tiny).output.v})
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, c) == {"len": BIG, "n": BIG, "same": True,
+                                            "pid": ray_engine.result(run_id, c)["pid"]}
+    assert ray_engine.result(run_id, small) == {"v": 2}
+    inv = next(i for i in seen if i.task_id == c)
+    assert len(inv.held) == 1, "one upstream object, however many references into it"
+    assert inv.kwargs["blob"] == Pick(inv.held[0], ("blob",), f"{p}.output.blob")
+    assert type(inv.kwargs["both"][1]) is Pick and inv.kwargs["both"][1].path == ("n",)
+    assert len(repr(inv.kwargs)) < 1000, "the consumer's arguments carry no copy of the value"
+    small_inv = next(i for i in seen if i.task_id == small)
+    assert small_inv.held == () and small_inv.kwargs == {"v": 1}, "small results travel inline"
+    produced = next(e for e in _events(ray_engine, run_id, "TaskSucceeded") if e.data["task_id"] == p)
+    assert produced.data["result_ref"]["size"] > BIG, "the log holds the whole result, as a blob"
+    assert ray_engine.result(run_id, p)["blob"] == "x" * BIG
+
+
+def test_a_bad_path_into_a_held_result_fails_at_once_without_retries(ray_engine):
+    @task(retries=2)
+    def consume(x: str) -> dict:
+        return {"x": x}
+
+    dag = DAG("handoff-bad-path")
+    p = dag.add_task(produce, inputs={"n": BIG})
+    c = dag.add_task(consume, inputs={"x": p.output.nope})
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "failed"
+    failed = _events(ray_engine, run_id, "TaskFailed")
+    assert [e.data["task_id"] for e in failed] == [c]
+    error = failed[0].data["error"]
+    assert error.startswith("ReferenceResolutionError") and "'nope'" in error and "blob" in error, error
+    assert not _events(ray_engine, run_id, "TaskRetrying"), "a retry cannot fix a wrong path"
+
+
+def test_a_retried_consumer_gets_the_logged_value(ray_engine, tmp_path):
+    """The executor's copy may be what failed (a node that held it left): a retry decodes the
+    result from the log instead."""
+    @task(retries=1)
+    def flaky(blob: str, marker: str) -> dict:
+        if not os.path.exists(marker):
+            Path(marker).write_text("failed once")
+            raise RuntimeError("first attempt fails")
+        return {"len": len(blob)}
+
+    seen = _spy_submits(ray_engine)
+    dag = DAG("handoff-retry")
+    p = dag.add_task(produce, inputs={"n": BIG})
+    c = dag.add_task(flaky, inputs={"blob": p.output.blob, "marker": str(tmp_path / "m")})
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, c) == {"len": BIG}
+    first, second = [i for i in seen if i.task_id == c]
+    assert (first.attempt, len(first.held)) == (1, 1)
+    assert (second.attempt, second.held) == (2, ()) and second.kwargs["blob"] == "x" * BIG
 
 
 def test_gpu_memory_packing_and_visible_devices(ray_engine, ray_cluster, tmp_path):
@@ -485,7 +585,7 @@ def test_gpu_tasks_never_share_a_worker_process(ray_cluster):
             ex.submit(_inv(f"g{i}", _pid_and_devices, res, grant))
             end = collector.until_end(f"g{i}")[-1]
             assert end.kind == "succeeded", end.error
-            seen.append(end.value)
+            seen.append(value_of(end))
         assert len({s["pid"] for s in seen}) == 3, f"GPU tasks reused a worker process: {seen}"
     finally:
         ex.shutdown(wait=False)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from maze_core import results
 from maze_core.executor import Executor, Invocation, TaskUpdate
 from maze_core.resources import normalize
 
@@ -68,6 +69,14 @@ def _pid_gone(pid: Any) -> bool:
     except OSError:
         return False
     return False
+
+
+def value_of(update: TaskUpdate) -> Any:
+    """The value a ``succeeded`` update reports, whether the executor encoded it or not."""
+    if update.encoded is not None:
+        fields, blobs = update.encoded
+        return results.decode(fields.get("result"), fields.get("result_ref"), blobs.__getitem__)
+    return update.value
 
 
 def _admissible(executor: Executor) -> int:
@@ -159,7 +168,7 @@ class ExecutorContract:
         self._run(executor, _invocation("t1", _add, {"a": 2, "b": 3}))
         updates = collector.until_end("t1")
         assert [u.kind for u in updates] == ["started", "succeeded"]
-        assert updates[-1].value == {"sum": 5}
+        assert value_of(updates[-1]) == {"sum": 5}
         assert updates[-1].attempt == 1 and updates[-1].run_id == "run-contract"
         assert updates[-1].duration_s is not None and updates[-1].duration_s >= 0
 
@@ -199,7 +208,7 @@ class ExecutorContract:
                 break
             executor.submit(inv)
             ids.append(inv.task_id)
-        spans = [collector.until_end(tid)[-1].value for tid in ids]
+        spans = [value_of(collector.until_end(tid)[-1]) for tid in ids]
         points = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
         running = peak = 0
         for _, step in points:
@@ -241,7 +250,7 @@ class ExecutorContract:
         # ...and the CPUs: a task needing all of them runs while the cancelled body still blocks
         self._run(executor, Invocation("run-contract", "t4-next", 1, _add, {"a": 1, "b": 2},
                                        normalize({"cpu": total})))
-        assert collector.until_end("t4-next")[-1].value == {"sum": 3}
+        assert value_of(collector.until_end("t4-next")[-1]) == {"sum": 3}
         # let the body end: a thread body writes the marker; a killed process never does, and its
         # worker pid disappears. Either way the body has certainly ended before we look.
         release.touch()
@@ -298,7 +307,7 @@ class ExecutorContract:
         first = collector.until_end("first")[-1]
         second = collector.until_end("second")
         assert [u.kind for u in second] == ["started", "succeeded"]
-        assert second[-1].value["start"] >= first.value["end"], "the second body ran while the first held the CPUs"
+        assert value_of(second[-1])["start"] >= value_of(first)["end"], "the second body ran while the first held the CPUs"
 
     def test_runs_tasks_concurrently_up_to_capacity(self, started):
         executor, collector = started
@@ -306,7 +315,7 @@ class ExecutorContract:
         for rnd in ("warm", "c"):  # the first round starts workers (processes, actors...) lazily
             for i in range(slots):
                 self._run(executor, _invocation(f"{rnd}{i}", _interval, {"seconds": 1.0}))
-            spans = [collector.until_end(f"{rnd}{i}")[-1].value for i in range(slots)]
+            spans = [value_of(collector.until_end(f"{rnd}{i}")[-1]) for i in range(slots)]
         # every task was running at the same moment: the latest start precedes the earliest end
         assert max(s["start"] for s in spans) < min(s["end"] for s in spans)
 

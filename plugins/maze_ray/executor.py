@@ -37,7 +37,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from maze_core.errors import MazeError
-from maze_core.executor import Executor, Invocation, Report, TaskUpdate
+from maze_core.executor import Executor, Invocation, Pick, Report, TaskUpdate, map_picks
 from maze_core.resources import mem_bytes
 
 from .ledger import Gpu, GpuLedger, Node, Placement
@@ -104,15 +104,26 @@ def _failure_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _make_body(func: Any) -> Any:
-    """The function that runs on a Ray worker: sets the devices and working directory, runs the
-    task, restores the process, and returns the outcome as data (never raises for a task error)."""
+def _make_body(func: Any, inline_limit: int) -> Any:
+    """The function that runs on a Ray worker: resolves the inputs it was handed as ``Pick`` of
+    upstream results (the upstream tasks' Ray objects, as extra arguments, which Ray fetches to
+    this node), sets the devices and working directory, runs the task, encodes the result as the
+    log will hold it (``maze_core.results``: the driver then only stores it), restores the
+    process, and returns the outcome as data (it never raises for a task error):
+    ``("ok", fields, blobs, s)``, ``("error", message, traceback, s, retryable)``."""
 
-    def maze_task(kwargs: dict[str, Any], ctx: dict[str, Any] | None = None) -> tuple:
+    def maze_task(kwargs: dict[str, Any], ctx: dict[str, Any] | None = None, *held: Any) -> tuple:
         import os as _os
         import time as _time
         import traceback as _tb
+
+        from maze_core import results as _results
         ctx = ctx or {}
+        if held:
+            try:
+                kwargs = _unpick(kwargs, held)
+            except Exception as exc:  # noqa: BLE001 - a reference into the upstream result is wrong
+                return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(), 0.0, False)
         saved_env = _os.environ.get("CUDA_VISIBLE_DEVICES")
         saved_cwd = None
         if ctx.get("cuda") is not None:
@@ -123,10 +134,9 @@ def _make_body(func: Any) -> Any:
                 saved_cwd = _os.getcwd()
                 _os.chdir(ctx["cwd"])
             value = func(**kwargs)
-            return ("ok", value, _time.perf_counter() - t0)
         except BaseException as exc:  # noqa: BLE001 - the task's failure is data for the engine
             return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(),
-                    _time.perf_counter() - t0)
+                    _time.perf_counter() - t0, True)
         finally:
             if saved_cwd is not None:
                 try:
@@ -138,9 +148,34 @@ def _make_body(func: Any) -> Any:
                     _os.environ.pop("CUDA_VISIBLE_DEVICES", None)
                 else:
                     _os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+        took = _time.perf_counter() - t0
+        try:
+            fields, blobs = _results.encode(value, inline_limit)
+        except _results.ResultEncodingError as exc:
+            return ("error", f"ResultError: {exc}", None, took, False)
+        return ("ok", fields, blobs, took)
 
     maze_task.__qualname__ = maze_task.__name__ = f"maze:{getattr(func, '__name__', 'task')}"
     return maze_task
+
+
+def _unpick(kwargs: dict[str, Any], held: tuple) -> dict[str, Any]:
+    """On the worker: each ``Pick`` (its handle replaced by the index of an extra argument) becomes
+    the value at its path in that upstream result, decoded as the log holds it."""
+    from maze_core import results
+    from maze_core.dag import resolve_path
+    from maze_core.executor import map_picks
+    values: dict[int, Any] = {}
+
+    def value(pick: Any) -> Any:
+        i = pick.handle
+        if i not in values:
+            outcome = held[i]          # the upstream task's ("ok", fields, blobs, s)
+            fields, blobs = outcome[1], outcome[2]
+            values[i] = results.decode(fields.get("result"), fields.get("result_ref"), blobs.__getitem__)
+        return resolve_path(values[i], list(pick.path), ref=pick.ref)
+
+    return map_picks(kwargs, value)
 
 
 def use_cluster_token(environ: dict[str, str] | None = None) -> bool:
@@ -203,9 +238,11 @@ def _read_gpu_memory() -> list[int]:
 class RayExecutor(Executor):
     name = "ray"
     isolates_inputs = True      # arguments are serialised into the worker: always a copy
+    holds_results = True        # a blob result stays in Ray's object store for its consumers
 
-    def __init__(self, cfg: RayConfig | None = None):
+    def __init__(self, cfg: RayConfig | None = None, inline_limit: int = 65536):
         self.cfg = cfg or RayConfig()
+        self._inline_limit = inline_limit      # [engine] inline_result_limit: results encode on workers
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._report: Report | None = None
@@ -229,7 +266,8 @@ class RayExecutor(Executor):
 
     @classmethod
     def from_config(cls, config: Any) -> RayExecutor:
-        return cls(RayConfig.from_config(config))
+        limit = config.engine.inline_result_limit if config is not None else 65536
+        return cls(RayConfig.from_config(config), inline_limit=limit)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, report: Report) -> None:
@@ -464,7 +502,7 @@ class RayExecutor(Executor):
         base = self._remotes.get(base_key)
         if base is None or base[0] is not func:
             extra = {"max_calls": 1} if gpu else {}
-            base = (func, ray.remote(max_retries=0, **extra)(_make_body(func)))
+            base = (func, ray.remote(max_retries=0, **extra)(_make_body(func, self._inline_limit)))
             self._remotes[base_key] = base
         remote = base[1].options(**opts)
         self._remotes[key] = (func, remote)
@@ -491,8 +529,14 @@ class RayExecutor(Executor):
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)
         remote = self._remote_for(inv.func, opts)
-        # one argument when there is no context: Ray pays per argument it serialises
-        ref = remote.remote(inv.kwargs, ctx) if (ctx.get("cwd") or "cuda" in ctx) else remote.remote(inv.kwargs)
+        if inv.held:   # upstream results in Ray's store: top-level arguments, fetched by Ray
+            index = {h: i for i, h in enumerate(dict.fromkeys(inv.held))}
+            kwargs = map_picks(inv.kwargs, lambda p: Pick(index[p.handle], p.path, p.ref))
+            ref = remote.remote(kwargs, ctx, *index)
+        elif ctx.get("cwd") or "cuda" in ctx:
+            ref = remote.remote(inv.kwargs, ctx)
+        else:   # one argument when there is no context: Ray pays per argument it serialises
+            ref = remote.remote(inv.kwargs)
         job = _Job(inv, ref, grant, cpu, mem, worker)
         key = (inv.run_id, inv.task_id)
         with self._lock:
@@ -615,14 +659,16 @@ class RayExecutor(Executor):
                                 error=f"{kind}: {lines[0] if lines else kind}",
                                 traceback="".join(traceback.format_exception_only(type(exc), exc)))
         else:
-            took = outcome[2] if outcome[0] == "ok" else outcome[3]
+            took = outcome[3]
             self._avg_s = took if self._avg_s is None else self._avg_s + 0.1 * (took - self._avg_s)
             if outcome[0] == "ok":
+                fields = outcome[1]
                 update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "succeeded",
-                                    value=outcome[1], duration_s=outcome[2])
+                                    encoded=(fields, outcome[2]), duration_s=took,
+                                    handle=job.ref if "result_ref" in fields else None)
             else:
                 update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed", error=outcome[1],
-                                    traceback=outcome[2], duration_s=outcome[3])
+                                    traceback=outcome[2], duration_s=took, retryable=outcome[4])
         assert self._report is not None
         self._report(update)
 
