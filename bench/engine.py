@@ -5,8 +5,9 @@ W2 chain: 200 no-op tasks one after another (latency, ms per task).
 Each runs on Maze (local executor, every event persisted to a real SQLite file) and on plain
 concurrent.futures (the floor: no events, no store). Then raw event-store appends (events/s).
 Then, unless --no-ray, the same two DAGs on Maze's Ray executor (an embedded Ray with 2 CPUs)
-next to the same DAGs written as plain Ray tasks in the same Ray (the peer: upstream results
-passed as ObjectRefs, no persistence).
+next to the same DAGs written as plain Ray tasks in the same Ray (the peer: no persistence). W1
+also runs with fusion off ([ray] fuse = false: one Ray task per Maze task), to show what
+fusing tiny calls buys.
 
     python bench/engine.py [--repeat 5] [--scheduler daps|fifo] [--no-ray]
 
@@ -185,15 +186,19 @@ def main() -> None:
 
 
 def bench_ray(args: argparse.Namespace) -> None:
-    w1_maze, w1_ray, w2_maze, w2_ray = [], [], [], []
+    w1_maze, w1_plain, w1_ray, w2_maze, w2_ray = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         eng = maze_engine(Path(tmp) / "ray", executor="ray", scheduler=args.scheduler)
         peer_wide, peer_chain, peer_refs = ray_peer()
         w2_refs = []
         wide, chain = wide_dag(), chain_dag()
         maze_run(eng, wide), peer_wide(), maze_run(eng, chain), peer_chain()   # warm-up: workers
+        ray_cfg = eng.executor.cfg
         for _ in range(args.repeat):
             w1_maze.append((WIDE + 2) / maze_run(eng, wide))
+            ray_cfg.fuse = False          # the same engine, one Ray task per Maze task
+            w1_plain.append((WIDE + 2) / maze_run(eng, wide))
+            ray_cfg.fuse = True
             w1_ray.append((WIDE + 2) / peer_wide())
             w2_maze.append(maze_run(eng, chain) / CHAIN * 1000)
             w2_ray.append(peer_chain() / CHAIN * 1000)
@@ -203,6 +208,8 @@ def bench_ray(args: argparse.Namespace) -> None:
     print(f"Ray executor, embedded Ray with {CPUS} CPUs, scheduler {args.scheduler}:")
     print(f"W1 wide  ({WIDE} tasks): maze {med(w1_maze):8.0f} tasks/s | raw Ray {med(w1_ray):8.0f} tasks/s "
           f"| maze/ray {med(w1_maze) / med(w1_ray):.2f}x (target >= 0.7x)")
+    print(f"         (maze with [ray] fuse = false, a Ray task per Maze task: {med(w1_plain):.0f} tasks/s, "
+          f"{med(w1_plain) / med(w1_ray):.2f}x)")
     print(f"W2 chain ({CHAIN} tasks): maze {med(w2_maze):8.3f} ms/task | raw Ray {med(w2_ray):8.3f} ms/task "
           f"| overhead +{med(w2_maze) - med(w2_ray):.3f} ms/task (target <= +1.5 ms)")
     print(f"         (raw Ray passing ObjectRefs, whole chain submitted at once: {med(w2_refs):.3f} ms/task)")

@@ -109,13 +109,13 @@ def test_fan_out_runs_on_ray_and_records_where(ray_engine):
 def _spy_submits(engine) -> list:
     """The invocations the engine hands to its executor, in order."""
     seen = []
-    submit = engine.executor.submit
+    submit_many = engine.executor.submit_many
 
-    def spy(inv):
-        seen.append(inv)
-        submit(inv)
+    def spy(invocations):
+        seen.extend(invocations)
+        return submit_many(invocations)
 
-    engine.executor.submit = spy
+    engine.executor.submit_many = spy
     return seen
 
 
@@ -686,3 +686,142 @@ def test_shutdown_leaves_nothing_running_on_a_shared_cluster(ray_cluster, tmp_pa
     time.sleep(2.0)
     assert not (tmp_path / "running").exists(), "a body outlived the executor's shutdown"
     assert not (tmp_path / "queued").exists(), "a backlog task started after the executor's shutdown"
+
+
+# ---------------------------------------------------------------------------- fusion of tiny tasks
+def _warm(engine, tool, n: int = 4, **inputs) -> None:
+    """Run ``tool`` a few times, so that the executor learns it is tiny."""
+    dag = DAG("warm")
+    for i in range(n):
+        dag.add_task(tool, inputs={"i": 1000 + i, **inputs})
+    assert engine.wait(engine.submit(dag), timeout=60)["status"] == "succeeded"
+
+
+def _fused(engine, run_id) -> dict[str, int]:
+    return {e.data["task_id"]: e.data["worker"].get("fused", 1)
+            for e in _events(engine, run_id, "TaskStarted")}
+
+
+def test_tiny_tasks_run_fused_each_with_its_own_events(ray_engine):
+    @task
+    def tiny(i: int) -> dict:
+        return {"i": i, "pid": os.getpid()}
+
+    _warm(ray_engine, tiny)
+    dag = DAG("fuse")
+    ids = [dag.add_task(tiny, inputs={"i": i}) for i in range(40)]
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert [ray_engine.result(run_id, t)["i"] for t in ids] == list(range(40))
+    fused = _fused(ray_engine, run_id)
+    assert sorted(fused) == sorted(ids), "every call has its own TaskStarted"
+    assert max(fused.values()) > 1, f"tiny calls of one tool were not fused: {fused}"
+    ends = _events(ray_engine, run_id, "TaskSucceeded")
+    assert len(ends) == 40 and all(e.data["attempt"] == 1 for e in ends)
+    assert all(e.data["duration_s"] < 1 for e in ends), "each call's own duration, not the batch's"
+
+
+def test_fusion_can_be_turned_off(tmp_path, ray_cluster):
+    from maze_core.engine import Engine
+    from maze_core.registry import ToolRegistry
+
+    @task
+    def tiny(i: int) -> dict:
+        return {"i": i}
+
+    eng = Engine.from_config(make_config(tmp_path), registry=ToolRegistry(),
+                             executor=_executor(address=ray_cluster.address, fuse=False))
+    eng.start()
+    try:
+        _warm(eng, tiny)
+        dag = DAG("no-fuse")
+        for i in range(20):
+            dag.add_task(tiny, inputs={"i": i})
+        run_id = eng.submit(dag)
+        assert eng.wait(run_id, timeout=60)["status"] == "succeeded"
+        assert set(_fused(eng, run_id).values()) == {1}
+    finally:
+        eng.stop(wait=False)
+        eng.store.close()
+
+
+def test_a_call_that_kills_a_fused_batch_fails_alone(ray_engine):
+    """The batch's worker dies: its calls run again one by one, so only the culprit fails (as
+    WorkerLost), and the others are neither failed nor charged an attempt."""
+    @task
+    def maybe_die(i: int, die: int = -1) -> dict:
+        if i == die:
+            os._exit(3)
+        return {"i": i}
+
+    _warm(ray_engine, maybe_die)
+    dag = DAG("fuse-crash")
+    ids = [dag.add_task(maybe_die, inputs={"i": i, "die": 5}) for i in range(16)]
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "failed"
+    assert _fused(ray_engine, run_id)[ids[5]] > 1, "the culprit ran in a fused batch"
+    failed = _events(ray_engine, run_id, "TaskFailed")
+    assert [e.data["task_id"] for e in failed] == [ids[5]]
+    assert failed[0].data["error"].startswith("WorkerLost"), failed[0].data["error"]
+    ok = _events(ray_engine, run_id, "TaskSucceeded")
+    assert sorted(e.data["task_id"] for e in ok) == sorted(ids[:5] + ids[6:])
+    assert all(e.data["attempt"] == 1 for e in ok) and not _events(ray_engine, run_id, "TaskRetrying")
+    assert len(_events(ray_engine, run_id, "TaskStarted")) == 16, "a rerun is not a new start"
+
+
+def test_cancelling_a_call_of_a_fused_batch_stops_it_and_not_the_others(ray_engine, tmp_path):
+    @task
+    def quick_or_hang(i: int, release: str = "", pidfile: str = "") -> dict:
+        if i == 3:
+            Path(pidfile).write_text(str(os.getpid()))
+            _wait_file(release, 60)
+        return {"i": i}
+
+    release, pidfile = tmp_path / "release", tmp_path / "pid"
+    _warm(ray_engine, quick_or_hang)
+    dag = DAG("fuse-cancel")
+    ids = [dag.add_task(quick_or_hang, inputs={"i": i, "release": str(release), "pidfile": str(pidfile)})
+           for i in range(8)]
+    run_id = ray_engine.submit(dag)
+    _wait_file(str(pidfile))
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10     # its TaskStarted may still wait for its commit
+    while ids[3] not in _fused(ray_engine, run_id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _fused(ray_engine, run_id)[ids[3]] > 1, "the hanging call ran in a fused batch"
+    ray_engine.cancel(run_id, ids[3])
+    ray_engine.wait(run_id, timeout=60)
+    ok = {e.data["task_id"] for e in _events(ray_engine, run_id, "TaskSucceeded")}
+    assert ok == set(ids) - {ids[3]}, "the calls after the cancelled one still ran"
+    assert [e.data["task_id"] for e in _events(ray_engine, run_id, "TaskCancelled")] == [ids[3]]
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the batch's worker was stopped"
+    release.touch()
+
+
+def test_fused_batches_keep_every_cpu_busy():
+    from maze_core.executor import Invocation
+    ex = _executor()
+    ex._cpu_total = 4.0
+
+    def tiny(i):
+        return i
+
+    ex._fn_stats[tiny] = [10, 0.00001]
+    group = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(10)]
+    assert [len(b) for b in ex._split(group)] == [3, 3, 3, 1], "at least a batch per CPU"
+    ex._fn_stats[tiny] = [10, 0.0008]        # 0.8 ms calls: two make FUSE_SPAN_S of work
+    assert [len(b) for b in ex._split(group)] == [2] * 5
+    big = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(1000)]
+    ex._fn_stats[tiny] = [10, 0.0]
+    assert max(len(b) for b in ex._split(big)) == 64, "FUSE_MAX calls at most"
+    assert ex._fusable(group[0]) is not None
+    assert ex._fusable(Invocation("r", "t", 2, tiny, {}, normalize({}))) is None, "a retry runs alone"
+    assert ex._fusable(Invocation("r", "t", 1, tiny, {}, normalize({}), timeout=5)) is None
+    assert ex._fusable(Invocation("r", "t", 1, tiny, {}, normalize({"cpu_num": 2}))) is None
+    ex._fn_stats[tiny] = [10, 0.01]
+    assert ex._fusable(group[0]) is None, "10 ms calls are not tiny"
+    ex._fn_stats[tiny] = [2, 0.0]
+    assert ex._fusable(group[0]) is None, "not before FUSE_MIN_SEEN runs"

@@ -23,6 +23,7 @@ which also frees any GPU memory it held.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -56,6 +57,10 @@ SHUTDOWN_WAIT_S = 30.0                  # shutdown(wait=True): longest wait for 
 RECANCEL_S = 30.0                       # how long a cancel is repeated until the task has ended
 SHUTDOWN_CANCEL_S = 5.0                 # the same, at shutdown on a Ray this executor does not own
 PIPELINE_S = 0.005                      # queued work per CPU that covers a round trip to Ray
+FUSE_BELOW_S = 0.001                    # calls of a tool shorter than this on average are fused
+FUSE_MIN_SEEN = 3                       # ... once it has run this many times here
+FUSE_SPAN_S = 0.002                     # work per fused batch
+FUSE_MAX = 64                           # calls per fused batch at most
 
 
 class RayConfig(BaseModel):
@@ -71,6 +76,7 @@ class RayConfig(BaseModel):
     object_store_mb: int = Field(0, ge=0)     # embedded only; 0: Ray's default
     probe_gpus: bool = True        # read GPU memory with nvidia-smi on each GPU node
     namespace: str = "maze"
+    fuse: bool = True              # run many tiny ready calls of one tool as one Ray task
 
     @classmethod
     def from_config(cls, config: Any) -> RayConfig:
@@ -83,13 +89,23 @@ class RayConfig(BaseModel):
 
 @dataclass(slots=True)
 class _Job:
+    """One Ray task: one invocation, or a fused batch of them (``members``, in order)."""
+
     inv: Invocation
     ref: Any
     grant: Any
-    cpu: float
+    cpu: float                  # what the Ray task holds (a batch: what one call asked for)
     mem: int
     worker: dict[str, Any]
     started: bool = False
+    members: list[Invocation] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.inv.run_id, self.inv.task_id)
+
+    def keys(self) -> list[tuple[str, str]]:
+        return [(i.run_id, i.task_id) for i in self.members or [self.inv]]
 
 
 def _failure_name(exc: BaseException) -> str:
@@ -157,6 +173,17 @@ def _make_body(func: Any, inline_limit: int) -> Any:
 
     maze_task.__qualname__ = maze_task.__name__ = f"maze:{getattr(func, '__name__', 'task')}"
     return maze_task
+
+
+def _make_batch_body(func: Any, inline_limit: int) -> Any:
+    """The Ray task for a fused batch: each call in turn, each outcome as ``_make_body``'s."""
+    one = _make_body(func, inline_limit)
+
+    def maze_batch(calls: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple]:
+        return [one(kwargs, ctx) for kwargs, ctx in calls]
+
+    maze_batch.__qualname__ = maze_batch.__name__ = f"maze:{getattr(func, '__name__', 'task')}[fused]"
+    return maze_batch
 
 
 def _unpick(kwargs: dict[str, Any], held: tuple) -> dict[str, Any]:
@@ -260,6 +287,7 @@ class RayExecutor(Executor):
         self._refreshed_at = 0.0
         self._probed: dict[str, list[int]] = {}
         self._avg_s: float | None = None          # moving average of task run time (admission depth)
+        self._fn_stats: OrderedDict[Any, list] = OrderedDict()  # func -> [runs, mean s] (fusion)
         self._waiting: dict[Any, _Job] = {}      # ObjectRef -> job, for the results thread
         self._wake = threading.Event()
         self._collector: threading.Thread | None = None
@@ -312,7 +340,7 @@ class RayExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         import ray
         with self._lock:
-            jobs = list(self._jobs.values())
+            jobs = list({id(j): j for j in self._jobs.values()}.values())   # a batch once
             self._jobs.clear()
             self._backlog.clear()
             self._cpu_running = self._cpu_held = 0.0
@@ -482,12 +510,13 @@ class RayExecutor(Executor):
             self._ledger.free(grant)
 
     # ------------------------------------------------------------------ work
-    def _remote_for(self, func: Any, opts: dict[str, Any]) -> Any:
-        """The Ray remote function running ``func`` with these options, exported once and kept
-        (Ray validates options on every ``.options()`` call: a cost per task worth saving)."""
+    def _remote_for(self, func: Any, opts: dict[str, Any], batch: bool = False) -> Any:
+        """The Ray remote function running ``func`` (or a fused batch of its calls) with these
+        options, exported once and kept (Ray validates options on every ``.options()`` call: a
+        cost per task worth saving)."""
         import ray
         strategy = opts.get("scheduling_strategy")
-        key = (id(func), opts["num_cpus"], opts.get("memory"), opts.get("num_gpus"),
+        key = (id(func), batch, opts["num_cpus"], opts.get("memory"), opts.get("num_gpus"),
                strategy.node_id if strategy is not None else None)
         hit = self._remotes.get(key)
         if hit is not None and hit[0] is func:
@@ -498,11 +527,12 @@ class RayExecutor(Executor):
         # CUDA_VISIBLE_DEVICES says later, and its allocator's memory, which the ledger counts free.
         # max_calls is fixed at ray.remote, not per .options(): a separate function for GPU work.
         gpu = bool(opts.get("num_gpus"))
-        base_key = (id(func), gpu)
+        base_key = (id(func), batch, gpu)
         base = self._remotes.get(base_key)
         if base is None or base[0] is not func:
             extra = {"max_calls": 1} if gpu else {}
-            base = (func, ray.remote(max_retries=0, **extra)(_make_body(func, self._inline_limit)))
+            make = _make_batch_body if batch else _make_body
+            base = (func, ray.remote(max_retries=0, **extra)(make(func, self._inline_limit)))
             self._remotes[base_key] = base
         remote = base[1].options(**opts)
         self._remotes[key] = (func, remote)
@@ -511,9 +541,65 @@ class RayExecutor(Executor):
         return remote
 
     def submit(self, invocation: Invocation) -> None:
-        inv = invocation
         if not self._started:
             raise RuntimeError("the Ray executor is not started")
+        self._submit([invocation])
+
+    def submit_many(self, invocations: list[Invocation]) -> list[tuple[Invocation, Exception]]:
+        """Submit one engine turn's invocations, fusing tiny ones: calls of a tool that takes
+        well under a millisecond (learned from its runs here) go to Ray in batches, one Ray task
+        running several calls one after another, so Ray's cost per task (a millisecond or so of
+        scheduling, leasing and messages) is paid once per batch. Only first attempts of
+        CPU-only tasks without a timeout are fused, in order, with enough batches to keep
+        every CPU busy."""
+        if not self._started:
+            return [(inv, RuntimeError("the Ray executor is not started")) for inv in invocations]
+        groups: dict[tuple, list[Invocation]] = {}
+        order: list[Any] = []          # an invocation, or the key of a group, at its first place
+        for inv in invocations:
+            key = self._fusable(inv)
+            if key is None:
+                order.append(inv)
+            else:
+                if key not in groups:
+                    groups[key] = []
+                    order.append(key)
+                groups[key].append(inv)
+        refused: list[tuple[Invocation, Exception]] = []
+        for item in order:
+            units = [[item]] if isinstance(item, Invocation) else self._split(groups[item])
+            for unit in units:
+                try:
+                    self._submit(unit)
+                except Exception as exc:  # noqa: BLE001 - the engine records it for each of them
+                    refused.extend((inv, exc) for inv in unit)
+        return refused
+
+    def _fusable(self, inv: Invocation) -> tuple | None:
+        """The group a fusable invocation joins, or None."""
+        if not self.cfg.fuse or inv.attempt != 1 or inv.timeout is not None or inv.held:
+            return None
+        if inv.grant is not True or inv.resources.get("gpu"):
+            return None
+        cpu = float(inv.resources.get("cpu") or 0.0)
+        if cpu > 1:
+            return None
+        seen = self._fn_stats.get(inv.func)
+        if seen is None or seen[0] < FUSE_MIN_SEEN or seen[1] >= FUSE_BELOW_S:
+            return None
+        return (id(inv.func), cpu, int(inv.resources.get("mem") or 0))
+
+    def _split(self, group: list[Invocation]) -> list[list[Invocation]]:
+        """Batches of a fusable group: about FUSE_SPAN_S of work each, at most FUSE_MAX calls,
+        and at least as many batches as there are CPUs (when there are enough calls)."""
+        avg = self._fn_stats[group[0].func][1]
+        size = min(FUSE_MAX, max(1, int(FUSE_SPAN_S / max(avg, 1e-6))),
+                   max(1, math.ceil(len(group) / max(1.0, self._cpu_total))))
+        return [group[i:i + size] for i in range(0, len(group), size)]
+
+    def _submit(self, invs: list[Invocation], announced: bool = False) -> None:
+        """One Ray task for ``invs``: a single invocation, or a fused batch of one function's."""
+        inv = invs[0]
         res = inv.resources
         grant = inv.grant
         cpu, mem = float(res.get("cpu") or 0.0), int(res.get("mem") or 0)
@@ -528,28 +614,37 @@ class RayExecutor(Executor):
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(grant.node_id, soft=False)
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)
-        remote = self._remote_for(inv.func, opts)
-        if inv.held:   # upstream results in Ray's store: top-level arguments, fetched by Ray
-            index = {h: i for i, h in enumerate(dict.fromkeys(inv.held))}
-            kwargs = map_picks(inv.kwargs, lambda p: Pick(index[p.handle], p.path, p.ref))
-            ref = remote.remote(kwargs, ctx, *index)
-        elif ctx.get("cwd") or "cuda" in ctx:
-            ref = remote.remote(inv.kwargs, ctx)
-        else:   # one argument when there is no context: Ray pays per argument it serialises
-            ref = remote.remote(inv.kwargs)
-        job = _Job(inv, ref, grant, cpu, mem, worker)
-        key = (inv.run_id, inv.task_id)
+        members = None
+        if len(invs) > 1:
+            members = invs
+            worker["fused"] = len(invs)
+            remote = self._remote_for(inv.func, opts, batch=True)
+            ref = remote.remote([(i.kwargs, {"cwd": i.cwd} if i.cwd else None) for i in invs])
+        else:
+            remote = self._remote_for(inv.func, opts)
+            if inv.held:   # upstream results in Ray's store: top-level arguments, fetched by Ray
+                index = {h: i for i, h in enumerate(dict.fromkeys(inv.held))}
+                kwargs = map_picks(inv.kwargs, lambda p: Pick(index[p.handle], p.path, p.ref))
+                ref = remote.remote(kwargs, ctx, *index)
+            elif ctx.get("cwd") or "cuda" in ctx:
+                ref = remote.remote(inv.kwargs, ctx)
+            else:   # one argument when there is no context: Ray pays per argument it serialises
+                ref = remote.remote(inv.kwargs)
+        job = _Job(inv, ref, grant, cpu, mem, worker, members=members)
         with self._lock:
-            self._jobs[key] = job
-            if not self._backlog and self._fits_now(cpu):
+            for key in job.keys():
+                self._jobs[key] = job
+            if announced:            # resubmitted: the engine already knows it started
+                self._mark_started(job)
+                started = []
+            elif not self._backlog and self._fits_now(cpu):
                 self._mark_started(job)
                 started = [job]
             else:
-                self._backlog[key] = job
+                self._backlog[job.key] = job
                 started = []
-        self._announce(started)
-        with self._lock:
             self._waiting[ref] = job
+        self._announce(started)
         self._wake.set()
 
     def _collect(self) -> None:
@@ -595,10 +690,11 @@ class RayExecutor(Executor):
                     self._done(job, value, exc)
                 except Exception as err:  # noqa: BLE001 - this thread reports every task: live on
                     log.exception("could not report a Ray task's end", task_id=job.inv.task_id)
-                    inv = job.inv       # an end the engine already has is ignored there
-                    if self._report is not None:
-                        self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
-                                                error=f"MazeInternalError: {type(err).__name__}: {err}"))
+                    if self._report is not None:   # an end the engine already has is ignored there
+                        for inv in job.members or [job.inv]:
+                            self._report(TaskUpdate(
+                                inv.run_id, inv.task_id, inv.attempt, "failed",
+                                error=f"MazeInternalError: {type(err).__name__}: {err}"))
 
     def _fits_now(self, cpu: float) -> bool:
         return self._cpu_running + cpu <= self._cpu_total + 1e-9 or self._cpu_running == 0
@@ -623,23 +719,29 @@ class RayExecutor(Executor):
     def _announce(self, jobs: list[_Job]) -> None:
         assert self._report is not None
         for job in jobs:
-            inv = job.inv
-            self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "started", worker=job.worker))
+            for inv in job.members or [job.inv]:
+                if self._jobs.get((inv.run_id, inv.task_id)) is job or not job.members:
+                    self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "started",
+                                            worker=job.worker))
 
-    def _take_job(self, job: _Job) -> tuple[bool, list[_Job]]:
-        """Remove a job once, releasing what it held; (False, []) if someone else already did.
-        Also returns the backlog jobs that can start now."""
-        key = (job.inv.run_id, job.inv.task_id)
+    def _take_job(self, job: _Job, only: tuple[str, str] | None = None
+                  ) -> tuple[list[Invocation], list[_Job]]:
+        """Remove a job's invocations (or just ``only``) that nobody removed yet, releasing what
+        they held; returns them, and the backlog jobs that can start now."""
         with self._lock:
-            if self._jobs.get(key) is not job:
-                return False, []
-            del self._jobs[key]
-            self._release_unlocked(job.cpu, job.mem, job.grant)
+            taken = [inv for inv in job.members or [job.inv]
+                     if self._jobs.get((inv.run_id, inv.task_id)) is job
+                     and (only is None or (inv.run_id, inv.task_id) == only)]
+            for inv in taken:
+                del self._jobs[(inv.run_id, inv.task_id)]
+                self._release_unlocked(job.cpu, job.mem, job.grant)
+            if not taken or any(self._jobs.get(k) is job for k in job.keys()):
+                return taken, []          # members of the batch are still live: it holds its CPU
             if job.started:
                 self._cpu_running = max(0.0, self._cpu_running - job.cpu)
             else:
-                self._backlog.pop(key, None)
-            return True, self._promote()
+                self._backlog.pop(job.key, None)
+            return taken, self._promote()
 
     def _done(self, job: _Job, outcome: Any, exc: BaseException | None) -> None:
         taken, promoted = self._take_job(job)
@@ -647,40 +749,95 @@ class RayExecutor(Executor):
             return
         if not job.started:        # Ray ran it before our books said so: its start comes first
             job.started = True
-            promoted.insert(0, job)
+            self._report_started(taken, job.worker)
         self._announce(promoted)
-        inv = job.inv
+        if exc is not None and job.members:
+            # the batch's worker died (or the batch failed as a whole): run each call on its own,
+            # so a call that takes its process down fails alone and the others are not charged
+            log.warning("a fused batch failed; running its tasks one by one", tasks=len(taken),
+                        error=str(exc).strip().splitlines()[:1])
+            self._resubmit(taken)
+            return
+        outcomes = outcome if job.members else [outcome]
+        by_key = {(inv.run_id, inv.task_id): out
+                  for inv, out in zip(job.members or [job.inv], outcomes, strict=True)}
+        assert self._report is not None
+        for inv in taken:
+            self._report(self._update(job, inv, by_key[(inv.run_id, inv.task_id)], exc))
+
+    def _update(self, job: _Job, inv: Invocation, outcome: Any, exc: BaseException | None) -> TaskUpdate:
         if exc is not None:        # Ray's failure becomes the attempt's failure
             kind = _failure_name(exc)
             if kind == "WorkerLost":
                 self._refreshed_at = 0.0     # re-read the nodes before the next placement
             lines = str(exc).strip().splitlines()
-            update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
-                                error=f"{kind}: {lines[0] if lines else kind}",
-                                traceback="".join(traceback.format_exception_only(type(exc), exc)))
+            return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                              error=f"{kind}: {lines[0] if lines else kind}",
+                              traceback="".join(traceback.format_exception_only(type(exc), exc)))
+        took = outcome[3]
+        self._learn(inv.func, took)
+        if outcome[0] == "ok":
+            fields = outcome[1]
+            handle = job.ref if "result_ref" in fields and not job.members else None
+            return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "succeeded",
+                              encoded=(fields, outcome[2]), duration_s=took, handle=handle)
+        return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed", error=outcome[1],
+                          traceback=outcome[2], duration_s=took, retryable=outcome[4])
+
+    def _learn(self, func: Any, took: float) -> None:
+        """Task durations: the mean over all (admission depth) and per function (fusion)."""
+        self._avg_s = took if self._avg_s is None else self._avg_s + 0.1 * (took - self._avg_s)
+        stats = self._fn_stats.get(func)
+        if stats is None:
+            self._fn_stats[func] = [1, took]
+            while len(self._fn_stats) > REMOTE_CACHE:
+                self._fn_stats.popitem(last=False)
         else:
-            took = outcome[3]
-            self._avg_s = took if self._avg_s is None else self._avg_s + 0.1 * (took - self._avg_s)
-            if outcome[0] == "ok":
-                fields = outcome[1]
-                update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "succeeded",
-                                    encoded=(fields, outcome[2]), duration_s=took,
-                                    handle=job.ref if "result_ref" in fields else None)
-            else:
-                update = TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed", error=outcome[1],
-                                    traceback=outcome[2], duration_s=took, retryable=outcome[4])
+            stats[0] += 1
+            stats[1] += (took - stats[1]) * (0.5 if stats[0] <= FUSE_MIN_SEEN else 0.1)
+
+    def _report_started(self, invs: list[Invocation], worker: dict[str, Any]) -> None:
         assert self._report is not None
-        self._report(update)
+        for inv in invs:
+            self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "started", worker=worker))
+
+    def _resubmit(self, invs: list[Invocation]) -> None:
+        """Run the calls of a batch that was stopped or lost, each on its own. Their reservations
+        are taken again (they were admitted before) and their start is not reported again."""
+        for inv in invs:
+            if not self._started:
+                return           # shutting down: nothing more starts
+            with self._lock:
+                self._cpu_held += float(inv.resources.get("cpu") or 0.0)
+                self._mem_held += int(inv.resources.get("mem") or 0)
+            try:
+                self._submit([inv], announced=True)
+            except Exception as exc:  # noqa: BLE001 - Ray refused it: the attempt fails
+                self.release(inv.resources, inv.grant)
+                assert self._report is not None
+                self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                                        error=f"{type(exc).__name__}: executor refused the task: {exc}"))
 
     def cancel(self, run_id: str, task_id: str) -> None:
         with self._lock:
             job = self._jobs.get((run_id, task_id))
         if job is None:
             return
-        taken, promoted = self._take_job(job)
-        if taken:
-            self._kill(job)
-        self._announce(promoted)
+        if not job.members:
+            taken, promoted = self._take_job(job)
+            if taken:
+                self._kill(job)
+            self._announce(promoted)
+            return
+        # one call of a fused batch: stop the batch, so that the call cannot hold up the others
+        # behind it, and run the others on their own (a call that already ran may run again)
+        taken, promoted = self._take_job(job, only=(run_id, task_id))
+        if not taken:
+            return
+        others, more = self._take_job(job)
+        self._kill(job)
+        self._announce(promoted + more)
+        self._resubmit(others)
 
     @staticmethod
     def _kill(job: _Job, recancel: bool = True) -> None:
