@@ -36,7 +36,7 @@ from . import results
 from .config import MazeConfig, load_config
 from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundError, RunStateError
 from .events import NewEvent, compact_json
-from .executor import Executor, Held, Invocation, TaskUpdate
+from .executor import Executor, Held, Invocation, TaskUpdate, map_picks
 from .logging import ensure_logging, get_logger
 from .procs import process_alive, process_started
 from .runtime import tool_event
@@ -792,6 +792,15 @@ class Engine:
             if value is _MISSING and self._unserved.get(state.run_id, {}).get(dep, 1) > 0:
                 live[dep] = outputs[dep]   # after a resume: consumers may still come
         kwargs = resolve_inputs(spec["inputs"], state.tasks.keys(), outputs)
+        if held:   # only the results the inputs pick from (not every dependency) travel
+            picked: dict[Any, None] = {}
+
+            def note(pick: Any) -> Any:
+                picked[pick.handle] = None
+                return pick
+
+            kwargs = map_picks(kwargs, note)
+            held = list(picked)
         return (kwargs if self._isolated else copy.deepcopy(kwargs)), tuple(held)
 
     def _served(self, run_id: str, deps: Iterable[str]) -> None:
@@ -849,12 +858,17 @@ class Engine:
                                                   "duration_s": duration, **fields})
         else:
             self._fail_attempt(state, u.task_id, u.attempt, _clean_text(u.error) or "failed",
-                               _clean_text(u.traceback), duration, retryable=u.retryable)
+                               _clean_text(u.traceback), duration, retryable=u.retryable,
+                               free=u.lost_input)
 
     def _fail_attempt(self, state: RunState, task_id: str, attempt: int, error: str,
-                      traceback: str | None, duration: float | None, retryable: bool = True) -> None:
+                      traceback: str | None, duration: float | None, retryable: bool = True,
+                      free: bool = False) -> None:
+        """``free``: the executor lost an upstream result it held for this attempt; the task is
+        tried again whatever its retries (a retry takes its inputs from the log, so only the
+        first attempt can fail this way)."""
         retries = int(state.tasks[task_id].spec.get("retries") or 0)
-        if retryable and attempt <= retries:
+        if retryable and (attempt <= retries or (free and attempt == 1)):
             delay = min(self._backoff * (2 ** (attempt - 1)), self._backoff_max)
             self._emit(state, ev.TASK_RETRYING, {"task_id": task_id, "attempt": attempt, "error": error,
                                                  "traceback": traceback, "delay_s": delay})

@@ -87,6 +87,8 @@ class TaskUpdate:
     handle: Any = None                   # the executor's copy of a blob result (``holds_results``)
     retryable: bool = True               # False: a retry cannot help (a result that cannot be
     #   stored, an input reference that does not resolve)
+    lost_input: bool = False             # failed because a held upstream result was lost (not
+    #   the task's fault): the engine tries once more, with the value from the log
 
 
 Report = Callable[[TaskUpdate], None]

@@ -811,12 +811,10 @@ def test_fused_batches_keep_every_cpu_busy():
 
     ex._fn_stats[tiny] = [10, 0.00001]
     group = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(10)]
-    assert [len(b) for b in ex._split(group)] == [3, 3, 3, 1], "at least a batch per CPU"
-    ex._fn_stats[tiny] = [10, 0.0008]        # 0.8 ms calls: two make FUSE_SPAN_S of work
-    assert [len(b) for b in ex._split(group)] == [2] * 5
+    assert [len(b) for b in ex._split(group, 0.00001)] == [3, 3, 3, 1], "at least a batch per CPU"
+    assert [len(b) for b in ex._split(group, 0.0008)] == [2] * 5, "0.8 ms calls: two make 2 ms"
     big = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(1000)]
-    ex._fn_stats[tiny] = [10, 0.0]
-    assert max(len(b) for b in ex._split(big)) == 64, "FUSE_MAX calls at most"
+    assert max(len(b) for b in ex._split(big, 0.0)) == 64, "FUSE_MAX calls at most"
     assert ex._fusable(group[0]) is not None
     assert ex._fusable(Invocation("r", "t", 2, tiny, {}, normalize({}))) is None, "a retry runs alone"
     assert ex._fusable(Invocation("r", "t", 1, tiny, {}, normalize({}), timeout=5)) is None
@@ -825,3 +823,45 @@ def test_fused_batches_keep_every_cpu_busy():
     assert ex._fusable(group[0]) is None, "10 ms calls are not tiny"
     ex._fn_stats[tiny] = [2, 0.0]
     assert ex._fusable(group[0]) is None, "not before FUSE_MIN_SEEN runs"
+
+
+def test_a_lost_upstream_object_is_classified_and_retried_once_from_the_log(ray_engine):
+    """Ray may lose an object it held for a consumer (its node left; the producer is not rerun):
+    not the consumer's fault, so it is tried once more whatever its retries, from the log."""
+    import ray.exceptions as rex
+
+    from maze_core.executor import Invocation, TaskUpdate
+    ex = ray_engine.executor
+    inv = Invocation("r", "t2", 1, produce, {}, normalize({}), held=("ref",))
+    job = type("J", (), {"members": None, "ref": None})()
+    lost = rex.ObjectLostError("00" * 28, "owner", "call site")
+    assert ex._update(job, inv, None, lost).lost_input
+    assert not ex._update(job, Invocation("r", "t2", 1, produce, {}, normalize({})), None, lost).lost_input
+    assert not ex._update(job, inv, None, rex.WorkerCrashedError()).lost_input
+
+    @task
+    def consume(blob: str) -> dict:
+        return {"len": len(blob)}
+
+    update = ex._update
+    lose: dict[str, int] = {}
+
+    def losing(job, inv, outcome, exc):   # the consumer's copy of the producer's result is "lost"
+        if inv.task_id in lose and inv.attempt <= lose[inv.task_id]:
+            return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                              error="WorkerLost: the object was lost", lost_input=bool(inv.held))
+        return update(job, inv, outcome, exc)
+
+    ex._update = losing
+    dag = DAG("lost-input")
+    p = dag.add_task(produce, inputs={"n": BIG})
+    c = dag.add_task(consume, inputs={"blob": p.output.blob})
+    lose[c] = 1
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    assert ray_engine.result(run_id, c) == {"len": BIG}
+    assert [e.data["attempt"] for e in _events(ray_engine, run_id, "TaskRetrying")] == [1]
+    lose[c] = 9          # the retry holds no Ray object: a failure then is the task's own
+    run_id = ray_engine.submit(dag)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "failed"
+    assert [e.data["attempt"] for e in _events(ray_engine, run_id, "TaskFailed")] == [2]

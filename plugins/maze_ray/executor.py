@@ -138,8 +138,10 @@ def _make_body(func: Any, inline_limit: int) -> Any:
         if held:
             try:
                 kwargs = _unpick(kwargs, held)
-            except Exception as exc:  # noqa: BLE001 - a reference into the upstream result is wrong
-                return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(), 0.0, False)
+            except Exception as exc:  # noqa: BLE001 - the inputs could not be made
+                from maze_core.dag import ReferenceResolutionError
+                return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(), 0.0,
+                        not isinstance(exc, ReferenceResolutionError))
         saved_env = _os.environ.get("CUDA_VISIBLE_DEVICES")
         saved_cwd = None
         if ctx.get("cuda") is not None:
@@ -272,6 +274,7 @@ class RayExecutor(Executor):
         self._inline_limit = inline_limit      # [engine] inline_result_limit: results encode on workers
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._remote_lock = threading.Lock()
         self._report: Report | None = None
         self._ledger = GpuLedger()
         self._jobs: dict[tuple[str, str], _Job] = {}
@@ -514,6 +517,10 @@ class RayExecutor(Executor):
         """The Ray remote function running ``func`` (or a fused batch of its calls) with these
         options, exported once and kept (Ray validates options on every ``.options()`` call: a
         cost per task worth saving)."""
+        with self._remote_lock:
+            return self._remote_for_unlocked(func, opts, batch)
+
+    def _remote_for_unlocked(self, func: Any, opts: dict[str, Any], batch: bool) -> Any:
         import ray
         strategy = opts.get("scheduling_strategy")
         key = (id(func), batch, opts["num_cpus"], opts.get("memory"), opts.get("num_gpus"),
@@ -555,19 +562,22 @@ class RayExecutor(Executor):
         if not self._started:
             return [(inv, RuntimeError("the Ray executor is not started")) for inv in invocations]
         groups: dict[tuple, list[Invocation]] = {}
+        means: dict[tuple, float] = {}
         order: list[Any] = []          # an invocation, or the key of a group, at its first place
         for inv in invocations:
-            key = self._fusable(inv)
-            if key is None:
+            found = self._fusable(inv)
+            if found is None:
                 order.append(inv)
-            else:
-                if key not in groups:
-                    groups[key] = []
-                    order.append(key)
-                groups[key].append(inv)
+                continue
+            key = found[:3]
+            if key not in groups:
+                groups[key] = []
+                means[key] = found[3]
+                order.append(key)
+            groups[key].append(inv)
         refused: list[tuple[Invocation, Exception]] = []
         for item in order:
-            units = [[item]] if isinstance(item, Invocation) else self._split(groups[item])
+            units = [[item]] if isinstance(item, Invocation) else self._split(groups[item], means[item])
             for unit in units:
                 try:
                     self._submit(unit)
@@ -587,18 +597,20 @@ class RayExecutor(Executor):
         seen = self._fn_stats.get(inv.func)
         if seen is None or seen[0] < FUSE_MIN_SEEN or seen[1] >= FUSE_BELOW_S:
             return None
-        return (id(inv.func), cpu, int(inv.resources.get("mem") or 0))
+        return (id(inv.func), cpu, int(inv.resources.get("mem") or 0), seen[1])
 
-    def _split(self, group: list[Invocation]) -> list[list[Invocation]]:
-        """Batches of a fusable group: about FUSE_SPAN_S of work each, at most FUSE_MAX calls,
-        and at least as many batches as there are CPUs (when there are enough calls)."""
-        avg = self._fn_stats[group[0].func][1]
+    def _split(self, group: list[Invocation], avg: float) -> list[list[Invocation]]:
+        """Batches of a fusable group of calls taking ``avg`` seconds: about FUSE_SPAN_S of work
+        each, at most FUSE_MAX calls, and at least as many batches as there are CPUs (when there
+        are enough calls)."""
         size = min(FUSE_MAX, max(1, int(FUSE_SPAN_S / max(avg, 1e-6))),
                    max(1, math.ceil(len(group) / max(1.0, self._cpu_total))))
         return [group[i:i + size] for i in range(0, len(group), size)]
 
-    def _submit(self, invs: list[Invocation], announced: bool = False) -> None:
-        """One Ray task for ``invs``: a single invocation, or a fused batch of one function's."""
+    def _submit(self, invs: list[Invocation], announced: bool = False,
+                replacing: _Job | None = None) -> None:
+        """One Ray task for ``invs``: a single invocation, or a fused batch of one function's.
+        ``replacing``: the placeholder a rerun call holds its place with (see ``_resubmit``)."""
         inv = invs[0]
         res = inv.resources
         grant = inv.grant
@@ -632,19 +644,26 @@ class RayExecutor(Executor):
                 ref = remote.remote(inv.kwargs)
         job = _Job(inv, ref, grant, cpu, mem, worker, members=members)
         with self._lock:
-            for key in job.keys():
-                self._jobs[key] = job
-            if announced:            # resubmitted: the engine already knows it started
-                self._mark_started(job)
-                started = []
-            elif not self._backlog and self._fits_now(cpu):
-                self._mark_started(job)
-                started = [job]
-            else:
-                self._backlog[job.key] = job
-                started = []
+            # shut down meanwhile, or a rerun call cancelled while it was being submitted again
+            stale = not self._started or (replacing is not None and self._jobs.get(job.key) is not replacing)
+            if not stale:
+                for key in job.keys():
+                    self._jobs[key] = job
+                if announced:            # rerun: the engine already knows it started
+                    self._mark_started(job)
+                    started = []
+                elif not self._backlog and self._fits_now(cpu):
+                    self._mark_started(job)
+                    started = [job]
+                else:
+                    self._backlog[job.key] = job
+                    started = []
+        if stale:
+            self._kill(job)
+            return
+        self._announce(started)   # before the results thread may see it: its start comes first
+        with self._lock:
             self._waiting[ref] = job
-        self._announce(started)
         self._wake.set()
 
     def _collect(self) -> None:
@@ -717,12 +736,10 @@ class RayExecutor(Executor):
         return started
 
     def _announce(self, jobs: list[_Job]) -> None:
-        assert self._report is not None
+        """Report the start of every call of these jobs. A call cancelled or rerun meanwhile
+        still gets it: the engine ignores a start it already has or that comes after the end."""
         for job in jobs:
-            for inv in job.members or [job.inv]:
-                if self._jobs.get((inv.run_id, inv.task_id)) is job or not job.members:
-                    self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "started",
-                                            worker=job.worker))
+            self._report_started(job.members or [job.inv], job.worker)
 
     def _take_job(self, job: _Job, only: tuple[str, str] | None = None
                   ) -> tuple[list[Invocation], list[_Job]]:
@@ -771,11 +788,14 @@ class RayExecutor(Executor):
             if kind == "WorkerLost":
                 self._refreshed_at = 0.0     # re-read the nodes before the next placement
             lines = str(exc).strip().splitlines()
+            import ray.exceptions as rex
             return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
                               error=f"{kind}: {lines[0] if lines else kind}",
-                              traceback="".join(traceback.format_exception_only(type(exc), exc)))
+                              traceback="".join(traceback.format_exception_only(type(exc), exc)),
+                              lost_input=bool(inv.held) and isinstance(exc, rex.ObjectLostError))
         took = outcome[3]
-        self._learn(inv.func, took)
+        if outcome[0] == "ok" or outcome[4]:     # the body ran (not an input that did not resolve)
+            self._learn(inv.func, took)
         if outcome[0] == "ok":
             fields = outcome[1]
             handle = job.ref if "result_ref" in fields and not job.members else None
@@ -793,6 +813,7 @@ class RayExecutor(Executor):
             while len(self._fn_stats) > REMOTE_CACHE:
                 self._fn_stats.popitem(last=False)
         else:
+            self._fn_stats.move_to_end(func)
             stats[0] += 1
             stats[1] += (took - stats[1]) * (0.5 if stats[0] <= FUSE_MIN_SEEN else 0.1)
 
@@ -801,22 +822,31 @@ class RayExecutor(Executor):
         for inv in invs:
             self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "started", worker=worker))
 
-    def _resubmit(self, invs: list[Invocation]) -> None:
-        """Run the calls of a batch that was stopped or lost, each on its own. Their reservations
-        are taken again (they were admitted before) and their start is not reported again."""
-        for inv in invs:
+    def _resubmit(self, invs: list[Invocation], announced: bool = True) -> None:
+        """Run the calls of a batch that was stopped or lost, each on its own. They take their
+        reservations again at once (they were admitted before), held by placeholders, so that a
+        cancel arriving while the others are being submitted finds its call."""
+        holders = []
+        with self._lock:
             if not self._started:
                 return           # shutting down: nothing more starts
-            with self._lock:
-                self._cpu_held += float(inv.resources.get("cpu") or 0.0)
-                self._mem_held += int(inv.resources.get("mem") or 0)
+            for inv in invs:
+                holder = _Job(inv, None, True, float(inv.resources.get("cpu") or 0.0),
+                              int(inv.resources.get("mem") or 0), {})
+                self._jobs[holder.key] = holder
+                self._cpu_held += holder.cpu
+                self._mem_held += holder.mem
+                holders.append(holder)
+        for holder in holders:
             try:
-                self._submit([inv], announced=True)
+                self._submit([holder.inv], announced=announced, replacing=holder)
             except Exception as exc:  # noqa: BLE001 - Ray refused it: the attempt fails
-                self.release(inv.resources, inv.grant)
-                assert self._report is not None
-                self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
-                                        error=f"{type(exc).__name__}: executor refused the task: {exc}"))
+                taken, promoted = self._take_job(holder)
+                inv = holder.inv
+                if taken and self._report is not None:
+                    self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
+                                            error=f"{type(exc).__name__}: executor refused the task: {exc}"))
+                self._announce(promoted)
 
     def cancel(self, run_id: str, task_id: str) -> None:
         with self._lock:
@@ -834,14 +864,18 @@ class RayExecutor(Executor):
         taken, promoted = self._take_job(job, only=(run_id, task_id))
         if not taken:
             return
+        with self._lock:
+            announced = job.started
         others, more = self._take_job(job)
         self._kill(job)
         self._announce(promoted + more)
-        self._resubmit(others)
+        self._resubmit(others, announced)
 
     @staticmethod
     def _kill(job: _Job, recancel: bool = True) -> None:
         import ray
+        if job.ref is None:        # a placeholder: nothing was submitted
+            return
         try:
             ray.cancel(job.ref, force=True)
         except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
