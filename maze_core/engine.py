@@ -638,7 +638,15 @@ class Engine:
             reply.set(value)
         self._replies = []
         if self._to_submit:
-            invocations, self._to_submit = self._to_submit, []
+            invocations = []
+            for inv in self._to_submit:   # one cancelled while the commit was held stays unsent
+                state = self._runs.get(inv.run_id)
+                task = state.tasks.get(inv.task_id) if state else None
+                if task is not None and task.attempt == inv.attempt and task.status in ACTIVE:
+                    invocations.append(inv)
+                else:
+                    self.executor.release(inv.resources, inv.grant)
+            self._to_submit = []
             for inv, exc in self.executor.submit_many(invocations):
                 self.executor.release(inv.resources, inv.grant)
                 self._report(TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
@@ -910,13 +918,14 @@ class Engine:
             targets = [task_id]
         else:
             targets = [tid for tid, t in state.tasks.items() if t.status not in TERMINAL]
+        running = [(run_id, tid) for tid in targets if state.tasks[tid].status in ACTIVE]
+        if running:
+            self.executor.cancel_many(running)
         for tid in targets:
             task = state.tasks[tid]
             if task.status in TERMINAL:
                 continue
-            if task.status in ACTIVE:
-                self.executor.cancel(run_id, tid)
-            else:
+            if task.status not in ACTIVE:
                 self.scheduler.remove(run_id, tid)
             self._emit(state, ev.TASK_CANCELLED, {"task_id": tid, "reason": reason})
         if task_id is not None:

@@ -148,6 +148,12 @@ class Executor(ABC):
         """Best-effort stop of a submitted task. The reservation is released; the executor reports
         nothing more for it (late reports are ignored by the engine anyway)."""
 
+    def cancel_many(self, tasks: list[tuple[str, str]]) -> None:
+        """``cancel`` for several ``(run_id, task_id)`` at once (a whole run); an executor that
+        runs several invocations as one unit can stop each unit once."""
+        for run_id, task_id in tasks:
+            self.cancel(run_id, task_id)
+
     def describe(self) -> dict[str, Any]:
         """Nodes, resources and running tasks, for ``maze cluster`` and ``/cluster``."""
         return {"executor": self.name, "capacity": self.capacity()}

@@ -865,3 +865,33 @@ def test_a_lost_upstream_object_is_classified_and_retried_once_from_the_log(ray_
     run_id = ray_engine.submit(dag)
     assert ray_engine.wait(run_id, timeout=60)["status"] == "failed"
     assert [e.data["attempt"] for e in _events(ray_engine, run_id, "TaskFailed")] == [2]
+
+
+def test_cancelling_a_run_stops_each_fused_batch_once(ray_engine, tmp_path):
+    """A whole run cancelled: each batch is stopped once, none of its calls is rerun."""
+    @task
+    def wait_for(i: int, release: str = "") -> dict:
+        if release:
+            Path(f"{release}.{i}").touch()
+            _wait_file(release, 60)
+        return {"i": i}
+
+    _warm(ray_engine, wait_for)
+    reruns = []
+    resubmit = ray_engine.executor._resubmit
+    ray_engine.executor._resubmit = lambda invs, *a: (reruns.extend(invs), resubmit(invs, *a))
+    release = tmp_path / "release"
+    dag = DAG("fuse-cancel-run")
+    ids = [dag.add_task(wait_for, inputs={"i": i, "release": str(release)}) for i in range(12)]
+    run_id = ray_engine.submit(dag)
+    _wait_file(f"{release}.0")
+    deadline = time.monotonic() + 10
+    while len(_fused(ray_engine, run_id)) < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert max(_fused(ray_engine, run_id).values()) > 1, "the calls ran in fused batches"
+    ray_engine.cancel(run_id)
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "cancelled"
+    assert sorted(e.data["task_id"] for e in _events(ray_engine, run_id, "TaskCancelled")) == sorted(ids)
+    assert reruns == [], "no call of a cancelled run is run again"
+    assert not _events(ray_engine, run_id, "TaskSucceeded")
+    release.touch()

@@ -741,14 +741,14 @@ class RayExecutor(Executor):
         for job in jobs:
             self._report_started(job.members or [job.inv], job.worker)
 
-    def _take_job(self, job: _Job, only: tuple[str, str] | None = None
+    def _take_job(self, job: _Job, only: set[tuple[str, str]] | None = None
                   ) -> tuple[list[Invocation], list[_Job]]:
-        """Remove a job's invocations (or just ``only``) that nobody removed yet, releasing what
-        they held; returns them, and the backlog jobs that can start now."""
+        """Remove a job's invocations (those in ``only``, if given) that nobody removed yet,
+        releasing what they held; returns them, and the backlog jobs that can start now."""
         with self._lock:
             taken = [inv for inv in job.members or [job.inv]
                      if self._jobs.get((inv.run_id, inv.task_id)) is job
-                     and (only is None or (inv.run_id, inv.task_id) == only)]
+                     and (only is None or (inv.run_id, inv.task_id) in only)]
             for inv in taken:
                 del self._jobs[(inv.run_id, inv.task_id)]
                 self._release_unlocked(job.cpu, job.mem, job.grant)
@@ -849,27 +849,29 @@ class RayExecutor(Executor):
                 self._announce(promoted)
 
     def cancel(self, run_id: str, task_id: str) -> None:
+        self.cancel_many([(run_id, task_id)])
+
+    def cancel_many(self, tasks: list[tuple[str, str]]) -> None:
+        """Stop these calls. A fused batch is stopped once, whatever how many of its calls go; its
+        other calls, if any, then run on their own (so that a cancelled call cannot hold them up;
+        one that already ran may run again)."""
+        wanted = set(tasks)
         with self._lock:
-            job = self._jobs.get((run_id, task_id))
-        if job is None:
-            return
-        if not job.members:
-            taken, promoted = self._take_job(job)
-            if taken:
-                self._kill(job)
+            jobs = {id(j): j for j in (self._jobs.get(key) for key in tasks) if j is not None}
+        for job in jobs.values():
+            taken, promoted = self._take_job(job, only=wanted)
+            if not taken:
+                continue
+            others: list[Invocation] = []
+            if job.members:
+                with self._lock:
+                    announced = job.started
+                others, more = self._take_job(job)
+                promoted += more
+            self._kill(job)
             self._announce(promoted)
-            return
-        # one call of a fused batch: stop the batch, so that the call cannot hold up the others
-        # behind it, and run the others on their own (a call that already ran may run again)
-        taken, promoted = self._take_job(job, only=(run_id, task_id))
-        if not taken:
-            return
-        with self._lock:
-            announced = job.started
-        others, more = self._take_job(job)
-        self._kill(job)
-        self._announce(promoted + more)
-        self._resubmit(others, announced)
+            if others:
+                self._resubmit(others, announced)
 
     @staticmethod
     def _kill(job: _Job, recancel: bool = True) -> None:
@@ -897,6 +899,6 @@ def _ensure_cancelled(refs: list[Any], limit_s: float) -> None:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
             for ref in pending:
                 ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001 - Ray is going away: nothing left to cancel
-            return
+        except (Exception, SystemExit):  # noqa: BLE001 - Ray is going away (its calls then raise
+            return                       # SystemExit): nothing left to cancel
 
