@@ -898,6 +898,14 @@ class Engine:
             if state.tasks[tid].status not in TERMINAL:
                 self.scheduler.remove(state.run_id, tid)
                 self._emit(state, ev.TASK_SKIPPED, {"task_id": tid, "reason": reason, "upstream": task_id})
+                self._never_dispatched(state, tid)
+
+    def _never_dispatched(self, state: RunState, task_id: str) -> None:
+        """A task ended (skipped, cancelled) before its first dispatch: it will not consume its
+        upstream results, so they are released as if it had."""
+        task = state.tasks[task_id]
+        if task.attempt == 0:
+            self._served(state.run_id, task.spec.get("dependencies") or ())
 
     # ------------------------------------------------------------------ cancel and resume
     def _cancel(self, run_id: str, task_id: str | None, reason: str) -> list[str]:
@@ -928,6 +936,7 @@ class Engine:
             if task.status not in ACTIVE:
                 self.scheduler.remove(run_id, tid)
             self._emit(state, ev.TASK_CANCELLED, {"task_id": tid, "reason": reason})
+            self._never_dispatched(state, tid)
         if task_id is not None:
             self._skip_downstream(state, task_id, f"upstream task {task_id} was cancelled")
         log.info("cancelled", run_id=run_id, task_id=task_id, tasks=len(targets))

@@ -720,6 +720,25 @@ def test_results_are_released_once_every_consumer_was_dispatched(engine):
     assert run_id not in engine._live and run_id not in engine._unserved
 
 
+def test_a_result_whose_consumers_are_all_skipped_is_released(engine):
+    """A consumer skipped (its other upstream failed) or cancelled will never take its inputs:
+    the engine lets the result go then, not at the end of the run."""
+    dag = DAG("release-skipped")
+    src = dag.add_task(make_items)
+    bad = dag.add_task(boom, inputs={"x": 1})
+    dag.add_task(collect, inputs={"values": [src.output["items"], bad.output]})
+    gates["rel-skip"] = threading.Event()
+    dag.add_task(wait_gate, inputs={"name": "rel-skip"})     # keeps the run going meanwhile
+    try:
+        run_id = engine.submit(dag)
+        _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("skipped", 0) == 1)
+        _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("succeeded", 0) == 1)
+        assert engine._live[run_id] == {}, "the skipped consumer's input is still held"
+    finally:
+        gates["rel-skip"].set()
+    assert engine.wait(run_id, timeout=20)["status"] == "failed"
+
+
 def test_registering_a_tool_while_the_engine_dispatches_tools_does_not_deadlock(config):
     registry = ToolRegistry()
     registry.register_task(add)
