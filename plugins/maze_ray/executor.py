@@ -587,7 +587,11 @@ class RayExecutor(Executor):
 
     def _fusable(self, inv: Invocation) -> tuple | None:
         """The group a fusable invocation joins, or None."""
-        if not self.cfg.fuse or inv.attempt != 1 or inv.timeout is not None or inv.held:
+        if not self.cfg.fuse or inv.attempt != 1 or inv.held:
+            return None
+        if inv.timeout is not None:
+            # a call's time would count from its batch's start, and a call queued behind a hung
+            # one in its batch would time out with it, though it never ran
             return None
         if inv.grant is not True or inv.resources.get("gpu"):
             return None
