@@ -65,6 +65,13 @@ def _events(engine, run_id, type_=None):
     return [e for e in engine.store.read_stream(f"run:{run_id}") if type_ is None or e.type == type_]
 
 
+def _until(done, limit: float = 60.0) -> None:
+    """Poll ``done()`` until it is true or ``limit`` seconds passed (the assertion after says why)."""
+    deadline = time.monotonic() + limit
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _wait_file(path: str, limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
     while not os.path.exists(path) and time.monotonic() < deadline:
@@ -212,9 +219,7 @@ def test_gpu_memory_packing_and_visible_devices(ray_engine, ray_cluster, tmp_pat
     # three 6,000 MB tasks on two 10,000 MB GPUs: never two on one device at the same time
     big = [dag.add_task(where_6g, inputs={"release": str(release), "tag": f"big{i}"}) for i in range(3)]
     run_id = ray_engine.submit(dag)
-    deadline = time.monotonic() + 60
-    while len(_events(ray_engine, run_id, "TaskStarted")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _until(lambda: len(_events(ray_engine, run_id, "TaskStarted")) >= 2)
     time.sleep(0.3)
     assert len(_events(ray_engine, run_id, "TaskStarted")) == 2, "the third must wait for a device"
     release.touch()
@@ -284,9 +289,7 @@ def test_warm_model_affinity(ray_engine, tmp_path):
     dag = DAG("warm-1")
     b = dag.add_task(blocker, inputs={"release": str(hold)})
     run_b = ray_engine.submit(dag)
-    deadline = time.monotonic() + 60
-    while not _events(ray_engine, run_b, "TaskStarted") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _until(lambda: _events(ray_engine, run_b, "TaskStarted"))
     dag = DAG("warm-2")
     t1 = dag.add_task(transcribe, inputs={"release": str(tmp_path / "go")})
     (tmp_path / "go").touch()
@@ -347,9 +350,7 @@ def test_cancel_kills_the_running_body_and_frees_its_gpu(ray_engine, tmp_path):
     pid = int(pidfile.read_text())
     ray_engine.cancel(run_id, t)
     assert ray_engine.wait(run_id, timeout=30)["status"] == "cancelled"
-    deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until(lambda: not _alive(pid), 20)
     assert not _alive(pid), "the worker running the cancelled task must be stopped"
     gpus = [g for n in ray_engine.executor.describe()["nodes"] for g in n["gpus"]]
     assert all(g["used_mb"] == 0 and g["tasks"] == 0 for g in gpus), gpus
@@ -379,9 +380,7 @@ def test_timeout_stops_a_hanging_gpu_task(ray_engine, tmp_path):
     assert failed and "Timeout" in failed[-1].data["error"]
     assert ray_engine.result(run_id, ok) == {"ok": True}, "the other branch is not disturbed"
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until(lambda: not _alive(pid), 20)
     assert not _alive(pid)
     gpus = [g for n in ray_engine.executor.describe()["nodes"] for g in n["gpus"]]
     assert all(g["used_mb"] == 0 for g in gpus)
@@ -414,9 +413,7 @@ def test_node_loss_retries_elsewhere(ray_engine, ray_cluster, tmp_path):
     for i in range(2):
         dag.add_task(where_6g, inputs={"release": str(hold), "tag": f"b{i}"})
     busy = ray_engine.submit(dag)
-    deadline = time.monotonic() + 60
-    while len(_events(ray_engine, busy, "TaskStarted")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _until(lambda: len(_events(ray_engine, busy, "TaskStarted")) >= 2)
     node = ray_cluster.cluster.add_node(num_cpus=1, num_gpus=1, labels={"maze.gpu_mem_mb": "10000"})
     try:
 
@@ -431,16 +428,12 @@ def test_node_loss_retries_elsewhere(ray_engine, ray_cluster, tmp_path):
         dag = DAG("victim")
         v = dag.add_task(victim, inputs={"release": str(go)})
         run_id = ray_engine.submit(dag)
-        deadline = time.monotonic() + 60
-        while not _events(ray_engine, run_id, "TaskStarted") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _until(lambda: _events(ray_engine, run_id, "TaskStarted"))
         first = _events(ray_engine, run_id, "TaskStarted")[0].data["worker"]
         assert first["node_id"] == node.node_id
         time.sleep(0.5)   # let the body start on the doomed node
         ray_cluster.cluster.remove_node(node)
-        deadline = time.monotonic() + 60
-        while not _events(ray_engine, run_id, "TaskRetrying") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _until(lambda: _events(ray_engine, run_id, "TaskRetrying"))
         lost = _events(ray_engine, run_id, "TaskRetrying")
         assert lost and lost[0].data["error"].startswith("WorkerLost"), lost
         go.touch()
@@ -512,9 +505,7 @@ def test_maze_cluster_shows_nodes_gpus_and_running_tasks(ray_cluster, ray_engine
     dag = DAG("running")
     held = dag.add_task(where_6g, inputs={"release": str(release), "tag": "held"})
     run_id = ray_engine.submit(dag)
-    deadline = time.monotonic() + 60
-    while not _events(ray_engine, run_id, "TaskStarted") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _until(lambda: _events(ray_engine, run_id, "TaskStarted"))
     env = {**cli_env, "MAZE_RAY_ADDRESS": ray_cluster.address}   # same data folder as ray_engine
     out = subprocess.run([maze_exe(), "cluster", "--json"], env=env, capture_output=True, text=True,
                          timeout=120)
@@ -615,14 +606,10 @@ def test_cpu_admission_follows_nodes_that_join_and_leave(ray_cluster, monkeypatc
                 ex.release(one, grant)
             return ex.capacity()["cpu"]
 
-        deadline = time.monotonic() + 30
-        while cpus_after_reserving() != 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _until(lambda: cpus_after_reserving() == 6, 30)
         assert ex.capacity()["cpu"] == 6, "a node that joined must count"
         ray_cluster.cluster.remove_node(node)
-        deadline = time.monotonic() + 60
-        while cpus_after_reserving() != 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _until(lambda: cpus_after_reserving() == 4)
         assert ex.capacity()["cpu"] == 4, "a node that left must not count"
     finally:
         if node in ray_cluster.cluster.worker_nodes:
@@ -648,9 +635,7 @@ def test_a_ray_failure_with_a_blank_message_is_still_reported():
 
 
 def _block_then_mark(release: str, marker: str) -> dict:
-    deadline = time.monotonic() + 60
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: os.path.exists(release))
     Path(marker).write_text("ran")
     return {}
 
@@ -785,18 +770,14 @@ def test_cancelling_a_call_of_a_fused_batch_stops_it_and_not_the_others(ray_engi
     run_id = ray_engine.submit(dag)
     _wait_file(str(pidfile))
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10     # its TaskStarted may still wait for its commit
-    while ids[3] not in _fused(ray_engine, run_id) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: ids[3] in _fused(ray_engine, run_id), 10)   # its TaskStarted may wait for a commit
     assert _fused(ray_engine, run_id)[ids[3]] > 1, "the hanging call ran in a fused batch"
     ray_engine.cancel(run_id, ids[3])
     ray_engine.wait(run_id, timeout=60)
     ok = {e.data["task_id"] for e in _events(ray_engine, run_id, "TaskSucceeded")}
     assert ok == set(ids) - {ids[3]}, "the calls after the cancelled one still ran"
     assert [e.data["task_id"] for e in _events(ray_engine, run_id, "TaskCancelled")] == [ids[3]]
-    deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until(lambda: not _alive(pid), 30)
     assert not _alive(pid), "the batch's worker was stopped"
     release.touch()
 
@@ -886,9 +867,7 @@ def test_cancelling_a_run_stops_each_fused_batch_once(ray_engine, tmp_path):
     ids = [dag.add_task(wait_for, inputs={"i": i, "release": str(release)}) for i in range(12)]
     run_id = ray_engine.submit(dag)
     _wait_file(f"{release}.0")
-    deadline = time.monotonic() + 10
-    while len(_fused(ray_engine, run_id)) < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: len(_fused(ray_engine, run_id)) == 12, 10)
     assert max(_fused(ray_engine, run_id).values()) > 1, "the calls ran in fused batches"
     ray_engine.cancel(run_id)
     assert ray_engine.wait(run_id, timeout=60)["status"] == "cancelled"
