@@ -60,16 +60,19 @@ def maze_exe() -> str:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One simulated Ray cluster for the whole test session: a head that runs nothing (0 CPUs)
-    and one node with 4 CPUs and 2 fake GPUs of 10,000 MB each (the ``maze.gpu_mem_mb`` node
-    label). Tests add and remove further nodes themselves and leave the cluster as they found it,
-    so the executor contract sees one node that a single task can fill."""
+    and one node with 4 CPUs and 2 fake GPUs of 10,000 MB each, booked per device (the Ray
+    resources ``maze_gpu0_mb`` and ``maze_gpu1_mb``, as ``maze worker`` adds them; nodes that
+    tests add are booked by fractions of GPUs, with the ``maze.gpu_mem_mb`` label). Tests add
+    and remove further nodes themselves and leave the cluster as they found it, so the executor
+    contract sees one node that a single task can fill."""
     ray = pytest.importorskip("ray")
     from types import SimpleNamespace
 
     from ray.cluster_utils import Cluster
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    gpu_node = cluster.add_node(num_cpus=4, num_gpus=2, labels={"maze.gpu_mem_mb": "10000"})
+    gpu_node = cluster.add_node(num_cpus=4, num_gpus=2,
+                                resources={"maze_gpu0_mb": 10000, "maze_gpu1_mb": 10000})
     ray.init(address=cluster.address, namespace="maze-tests", logging_level="ERROR",
              log_to_driver=False, configure_logging=False)
     try:

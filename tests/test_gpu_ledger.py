@@ -147,3 +147,19 @@ def test_a_gpu_request_needs_its_cpus_and_memory_on_the_gpu_node_itself():
         assert led.place(normalize(res)) is None, res
     assert led.impossible(normalize({"gpu": 1, "cpu": 4, "mem": 16000})) is None
     assert led.place(normalize({"gpu": 1, "cpu": 4, "mem": 16000})) is not None
+
+
+def test_per_device_nodes_ask_ray_for_exact_megabytes_on_the_chosen_devices():
+    exact = GpuLedger()
+    exact.set_nodes([Node("a", "", 8, 64000, [Gpu(0, 10000), Gpu(1, 24000)], exact=True)])
+    p = exact.place(normalize({"gpu_mem": 6000}))
+    assert p.ray_resources == {"maze_gpu0_mb": 6000} and p.num_gpus == 0.0, p
+    q = exact.place(normalize({"gpu": 0.25}))
+    assert q.ray_resources in ({"maze_gpu0_mb": 2500}, {"maze_gpu1_mb": 6000}), q
+    exact.free(p)
+    exact.free(q)
+    w = exact.place(normalize({"gpu": 2}))
+    assert w.ray_resources == {"maze_gpu0_mb": 10000, "maze_gpu1_mb": 24000}, "whole devices"
+    assert [n["gpu_accounting"] for n in exact.snapshot()] == ["per-device"]
+    plain = ledger(("b", [10000])).place(normalize({"gpu_mem": 6000}))
+    assert plain.ray_resources == {} and plain.num_gpus == 0.6, "elsewhere: a share of num_gpus"

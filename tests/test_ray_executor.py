@@ -6,6 +6,7 @@ dies, and a node that leaves."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -522,6 +523,7 @@ def test_maze_cluster_shows_nodes_gpus_and_running_tasks(ray_cluster, ray_engine
     assert running[0]["worker"]["gpus"] in ([0], [1])
     text = subprocess.run([maze_exe(), "cluster"], env=env, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "gpu 1: 10000 MB" in text.stdout
+    assert "gpus=2 (Ray books them per-device)" in text.stdout, text.stdout
     assert "Maze tasks running: 1" in text.stdout and "where" in text.stdout
     gpu = running[0]["worker"]["gpus"][0]
     assert f"gpu {gpu}: 10000 MB, running 1 Maze task(s)" in text.stdout
@@ -875,3 +877,84 @@ def test_cancelling_a_run_stops_each_fused_batch_once(ray_engine, tmp_path):
     assert reruns == [], "no call of a cancelled run is run again"
     assert not _events(ray_engine, run_id, "TaskSucceeded")
     release.touch()
+
+
+# ---------------------------------------------------------------------------- Ray books per device
+@task(cpu_num=0.5)
+def hold_gpu(tag: str, release: str) -> dict:
+    Path(f"{release}.{tag}").touch()
+    _wait_file(release, 120)
+    return {"tag": tag, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _hold(engine, tag: str, release: Path, **resources) -> str:
+    """Submit one hold_gpu task and wait until its body runs; returns the run id."""
+    dag = DAG(f"hold-{tag}")
+    dag.add_task(hold_gpu, inputs={"tag": tag, "release": str(release)}, resources=resources)
+    run_id = engine.submit(dag)
+    _wait_file(f"{release}.{tag}", 60)
+    assert os.path.exists(f"{release}.{tag}"), f"{tag} did not start"
+    return run_id
+
+
+def test_ray_books_each_devices_memory_as_the_ledger_does(ray_engine, tmp_path):
+    import ray
+    release = tmp_path / "release"
+    try:
+        run_id = _hold(ray_engine, "six", release, gpu_mem=6000)
+        device = _events(ray_engine, run_id, "TaskStarted")[0].data["worker"]["gpus"][0]
+        free = ray.available_resources()
+        assert free.get(f"maze_gpu{device}_mb") == 4000, free
+        assert free.get(f"maze_gpu{1 - device}_mb") == 10000, free
+        nodes = ray_engine.executor.describe()["nodes"]
+        assert [n["gpu_accounting"] for n in nodes if n["gpus"]] == ["per-device"]
+    finally:
+        release.touch()
+    assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+
+
+def test_a_warm_model_on_another_device_does_not_make_ray_queue_a_task_that_fits(ray_engine, tmp_path):
+    """Warm-model affinity puts a task on a device Ray's own best fit would not choose. Booked by
+    fractions, Ray's books and the ledger then differ, and Ray queues a task the ledger has room
+    for (Z below), while Maze reports it started. Booked per device, Ray follows the ledger."""
+    first = tmp_path / "first"
+    try:   # the model's first run lands on device 1: device 0 is full
+        runs = [_hold(ray_engine, "full", first, gpu_mem=10000),
+                _hold(ray_engine, "m0", first, gpu_mem=3000, model_name="whisper")]
+    finally:
+        first.touch()
+    for run_id in runs:
+        assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+    release = tmp_path / "release"
+    try:
+        runs = [_hold(ray_engine, "x", release, gpu_mem=4000),          # device 0 (a tie)
+                _hold(ray_engine, "m", release, gpu_mem=3000, model_name="whisper"),  # warm: 1
+                _hold(ray_engine, "y", release, gpu_mem=6000),          # best fit: 0 is full
+                _hold(ray_engine, "z", release, gpu_mem=7000)]          # 1 has exactly 7,000
+    finally:
+        release.touch()
+    seen = {}
+    for run_id in runs:
+        assert ray_engine.wait(run_id, timeout=60)["status"] == "succeeded"
+        out = ray_engine.result(run_id, "t1")
+        seen[out["tag"]] = out["cuda"]
+    assert seen == {"x": "0", "m": "1", "y": "0", "z": "1"}, seen
+
+
+def test_device_resources_for_a_node_of_this_machine():
+    from maze_ray.executor import device_resources
+    assert device_resources(2, [10000]) == {"maze_gpu0_mb": 10000, "maze_gpu1_mb": 10000}
+    assert device_resources(2, [8000, 24000]) == {"maze_gpu0_mb": 8000, "maze_gpu1_mb": 24000}
+    assert device_resources(0, [10000]) == {}, "no GPUs"
+    assert device_resources(3, [8000, 24000]) == {}, "memories that do not match the GPUs"
+    if shutil.which("nvidia-smi") is None:     # CI: no GPU memory to read, none given
+        assert device_resources(2, []) == {}, "unknown memory: booked by fractions"
+
+
+def test_maze_worker_and_head_offer_a_ray_resource_per_gpu():
+    import json
+
+    from maze_ray.cluster import _devices
+    flag, value = _devices(2, [24000])
+    assert flag == "--resources" and json.loads(value) == {"maze_gpu0_mb": 24000, "maze_gpu1_mb": 24000}
+    assert _devices(0, [24000]) == [], "a node without GPUs offers none"

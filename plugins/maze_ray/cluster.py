@@ -6,6 +6,7 @@ worker is an ordinary Ray node that outlives the command that started it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from maze_core.errors import MazeError
 
-from .executor import GPU_MEM_LABEL, use_cluster_token
+from .executor import GPU_MEM_LABEL, device_resources, use_cluster_token
 
 
 class ClusterError(MazeError):
@@ -43,6 +44,13 @@ def _run(args: list[str], timeout: float = 120) -> str:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ClusterError(f"`ray {' '.join(args)}` failed: " + " | ".join(tail))
     return proc.stdout
+
+
+def _devices(num_gpus: int | None, gpu_mem_mb: list[int] | None) -> list[str]:
+    """``--resources`` with a Ray resource per GPU (its memory in MB), so that Ray books each
+    device's memory as the ledger does; nothing when the GPUs or their memory are unknown."""
+    devices = device_resources(num_gpus, gpu_mem_mb)
+    return ["--resources", json.dumps(devices)] if devices else []
 
 
 def _labels(gpu_mem_mb: list[int] | None) -> list[str]:
@@ -79,7 +87,7 @@ def start_head(port: int = 6379, *, host: str = "127.0.0.1", num_cpus: float | N
         args.append(f"--num-cpus={num_cpus:g}")
     if num_gpus is not None:
         args.append(f"--num-gpus={num_gpus}")
-    _run([*args, *_labels(gpu_mem_mb)])
+    _run([*args, *_labels(gpu_mem_mb), *_devices(num_gpus, gpu_mem_mb)])
     return f"{host}:{port}"
 
 
@@ -96,7 +104,7 @@ def start_worker(address: str, *, num_cpus: float | None = None, num_gpus: int |
         args.append(f"--num-cpus={num_cpus:g}")
     if num_gpus is not None:
         args.append(f"--num-gpus={num_gpus}")
-    _run([*args, *_labels(gpu_mem_mb)])
+    _run([*args, *_labels(gpu_mem_mb), *_devices(num_gpus, gpu_mem_mb)])
 
 
 def stop_ray() -> None:

@@ -71,8 +71,9 @@ def cluster_cmd(obj, as_json: bool) -> None:
                f"Maze tasks running: {len(running)}")
     for n in info["nodes"]:
         state = "alive" if n["alive"] else "dead"
+        books = f" (Ray books them {n['gpu_accounting']})" if n["gpus"] and "gpu_accounting" in n else ""
         click.echo(f"  {n['node_id'][:12]} {n['address']:<15} {state:<5} cpu={n['cpu']:g} "
-                   f"mem={n['mem']}MB gpus={len(n['gpus'])}")
+                   f"mem={n['mem']}MB gpus={len(n['gpus'])}{books}")
         for g in n["gpus"]:
             mem = f"{g['memory_mb']} MB" if g["memory_mb"] else "memory unknown"
             users = [t for t in running if t["worker"].get("node_id") == n["node_id"]

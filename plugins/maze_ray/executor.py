@@ -41,7 +41,7 @@ from maze_core.errors import MazeError
 from maze_core.executor import Executor, Invocation, Pick, Report, TaskUpdate, map_picks
 from maze_core.resources import mem_bytes
 
-from .ledger import Gpu, GpuLedger, Node, Placement
+from .ledger import Gpu, GpuLedger, Node, Placement, device_resource
 
 log = structlog.get_logger("maze.ray")
 
@@ -229,6 +229,24 @@ def use_cluster_token(environ: dict[str, str] | None = None) -> bool:
     return False
 
 
+def device_resources(num_gpus: int | None, gpu_mem_mb: list[int] | None) -> dict[str, int]:
+    """Per-device Ray resources for a node of this machine (``maze_gpu<i>_mb``: each GPU's memory
+    in MB), from ``gpu_mem_mb`` (one value for every GPU, or one per GPU) or else nvidia-smi;
+    ``num_gpus`` None: as many as nvidia-smi sees. {} when either is unknown: the node is then
+    booked by fractions of GPUs."""
+    read = _read_gpu_memory() if not gpu_mem_mb or num_gpus is None else []
+    count = num_gpus if num_gpus is not None else len(read)
+    if not count:
+        return {}
+    if gpu_mem_mb:
+        mems = list(gpu_mem_mb) * count if len(gpu_mem_mb) == 1 else list(gpu_mem_mb)
+    else:
+        mems = read
+    if len(mems) != count or not all(m > 0 for m in mems):
+        return {}
+    return {device_resource(i): int(m) for i, m in enumerate(mems)}
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not minutes, when nothing listens at a HOST:PORT address (ray.init keeps
     retrying an unreachable GCS for a long time)."""
@@ -332,6 +350,9 @@ class RayExecutor(Executor):
                 opts["num_cpus"] = cfg.num_cpus
             if cfg.num_gpus >= 0:
                 opts["num_gpus"] = cfg.num_gpus
+            devices = device_resources(cfg.num_gpus if cfg.num_gpus >= 0 else None, cfg.gpu_mem_mb)
+            if devices:
+                opts["resources"] = devices
             if cfg.object_store_mb:
                 opts["object_store_memory"] = mem_bytes(cfg.object_store_mb)
             # "local": never join a cluster named by a stale file in Ray's temp folder
@@ -393,11 +414,14 @@ class RayExecutor(Executor):
             labels = info.get("Labels") or {}
             nid = info["NodeID"]
             n_gpu = int(res.get("GPU", 0))
-            mems = self._gpu_memory(nid, n_gpu, labels, info.get("Alive", False))
+            per_device = [res.get(device_resource(i)) for i in range(n_gpu)]
+            exact = n_gpu > 0 and all(per_device)     # Ray keeps per-device books of memory
+            mems = ([int(m) for m in per_device] if exact
+                    else self._gpu_memory(nid, n_gpu, labels, info.get("Alive", False)))
             nodes.append(Node(nid, info.get("NodeManagerAddress", ""), float(res.get("CPU", 0)),
                               int(res.get("memory", 0) // (1024 * 1024)),
                               [Gpu(i, mems[i] if i < len(mems) else 0) for i in range(n_gpu)],
-                              bool(info.get("Alive")), dict(labels)))
+                              bool(info.get("Alive")), dict(labels), exact))
         with self._lock:
             gone = self._ledger.set_nodes(nodes)
             alive = self._ledger.alive()
@@ -524,6 +548,7 @@ class RayExecutor(Executor):
         import ray
         strategy = opts.get("scheduling_strategy")
         key = (id(func), batch, opts["num_cpus"], opts.get("memory"), opts.get("num_gpus"),
+               tuple(sorted(opts.get("resources", {}).items())),
                strategy.node_id if strategy is not None else None)
         hit = self._remotes.get(key)
         if hit is not None and hit[0] is func:
@@ -533,7 +558,7 @@ class RayExecutor(Executor):
         # process keeps the CUDA context of the device it saw first, whatever
         # CUDA_VISIBLE_DEVICES says later, and its allocator's memory, which the ledger counts free.
         # max_calls is fixed at ray.remote, not per .options(): a separate function for GPU work.
-        gpu = bool(opts.get("num_gpus"))
+        gpu = bool(opts.get("num_gpus") or opts.get("resources"))   # resources: GPU devices
         base_key = (id(func), batch, gpu)
         base = self._remotes.get(base_key)
         if base is None or base[0] is not func:
@@ -627,6 +652,8 @@ class RayExecutor(Executor):
         if isinstance(grant, Placement):
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
             opts["num_gpus"] = grant.num_gpus
+            if grant.ray_mb:            # a per-device node: Ray books exactly these devices' MB
+                opts["resources"] = grant.ray_resources
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(grant.node_id, soft=False)
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)

@@ -17,15 +17,28 @@ Rules, for a task's canonical resources (``maze_core.resources.normalize``):
 
 Placement prefers, in order: the device where the task's ``model_name`` ran last (a warm model),
 then the device that the task fills best (packing, so large requests still find room).
+
+What Ray is told: on a node that offers a Ray resource per device (``maze_gpu<i>_mb``, its memory
+in MB: Maze's own ``maze start --head``, ``maze worker`` and embedded Ray add them), the task asks
+for exactly the megabytes it holds on exactly the devices chosen, so Ray's books are the ledger's.
+Elsewhere it asks for ``num_gpus`` (whole devices, or one device's share), and Ray picks the
+device in its own books: mostly the same, but not when a warm model chose another device, and
+Ray may then queue a task that the ledger has room for.
 This module is pure Python: no Ray, so it is tested on its own.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 EPS = 1e-6
+
+
+def device_resource(index: int) -> str:
+    """The Ray resource naming one GPU's memory in MB on a node that offers per-device resources."""
+    return f"maze_gpu{index}_mb"
 
 
 @dataclass(slots=True)
@@ -49,6 +62,7 @@ class Node:
     gpus: list[Gpu] = field(default_factory=list)
     alive: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    exact: bool = False           # the node offers a Ray resource per device (device_resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,14 @@ class Placement:
     share: float                  # of each device (1.0: whole)
     mem_mb: int                   # gpu_mem held on each device
     model_name: str | None = None
+    ray_mb: tuple[int, ...] = ()  # per-device node: the MB of each device to ask Ray for
+
+    @property
+    def ray_resources(self) -> dict[str, int]:
+        """Custom Ray resources to ask for (per-device nodes), else {}."""
+        if not self.ray_mb:
+            return {}
+        return {device_resource(i): mb for i, mb in zip(self.gpus, self.ray_mb, strict=True)}
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -67,7 +89,10 @@ class Placement:
 
     @property
     def num_gpus(self) -> float:
-        """What Ray is asked for: whole devices, or one device's share."""
+        """What Ray is asked for: nothing on a per-device node (``ray_resources`` says it all),
+        else whole devices, or one device's share."""
+        if self.ray_mb:
+            return 0.0
         return float(len(self.gpus)) if self.share >= 1 else self.share
 
 
@@ -173,8 +198,9 @@ class GpuLedger:
                 chosen = free[:need]
                 warm = home is not None and any((node.node_id, g.index) == home for g in chosen)
                 key = (not warm, sum(g.memory_mb for g in chosen), node.node_id)
-                cand = Placement(node.node_id, tuple(sorted(g.index for g in chosen)), 1.0,
-                                 gpu_mem, model)
+                chosen.sort(key=lambda g: g.index)
+                cand = Placement(node.node_id, tuple(g.index for g in chosen), 1.0, gpu_mem, model,
+                                 tuple(g.memory_mb for g in chosen) if node.exact else ())
             else:
                 for g in node.gpus:
                     share = self._share(g, gpu, gpu_mem, by_memory)
@@ -186,7 +212,8 @@ class GpuLedger:
                     left = (g.free_mb() - gpu_mem) if g.memory_mb else 1 << 40
                     key = (not warm, left, 1 - g.used_frac - share, node.node_id, g.index)
                     if best is None or key < best[0]:
-                        best = (key, Placement(node.node_id, (g.index,), share, gpu_mem, model))
+                        ray_mb = (max(1, gpu_mem or math.ceil(share * g.memory_mb)),) if node.exact else ()
+                        best = (key, Placement(node.node_id, (g.index,), share, gpu_mem, model, ray_mb))
                 continue
             if best is None or key < best[0]:
                 best = (key, cand)
@@ -229,7 +256,7 @@ class GpuLedger:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"node_id": n.node_id, "address": n.address, "alive": n.alive, "cpu": n.cpu,
-                 "mem": n.mem,
+                 "mem": n.mem, "gpu_accounting": "per-device" if n.exact else "fraction",
                  "gpus": [{"index": g.index, "memory_mb": g.memory_mb, "used_mb": g.used_mb,
                            "used_share": round(g.used_frac, 4), "tasks": g.holders}
                           for g in n.gpus]}
