@@ -163,3 +163,16 @@ def test_per_device_nodes_ask_ray_for_exact_megabytes_on_the_chosen_devices():
     assert [n["gpu_accounting"] for n in exact.snapshot()] == ["per-device"]
     plain = ledger(("b", [10000])).place(normalize({"gpu_mem": 6000}))
     assert plain.ray_resources == {} and plain.num_gpus == 0.6, "elsewhere: a share of num_gpus"
+
+
+def test_per_device_nodes_never_place_what_rays_books_cannot_hold():
+    """Shares are rounded, megabytes are not: on an 81,559 MB device two halves ask Ray for
+    40,780 MB each (rounded up), 1 MB more than it has. The ledger keeps Ray's sum and says no."""
+    led = GpuLedger()
+    led.set_nodes([Node("a", "", 8, 64000, [Gpu(0, 81559)], exact=True)])
+    first = led.place(normalize({"gpu": 0.5}))
+    assert first.ray_resources == {"maze_gpu0_mb": 40780}
+    assert led.place(normalize({"gpu": 0.5})) is None, "Ray would queue it"
+    assert led.place(normalize({"gpu_mem": 40779})) is not None, "what Ray has left still fits"
+    led.free(first)
+    assert led.nodes["a"].gpus[0].ray_mb == 40779

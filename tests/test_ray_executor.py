@@ -903,7 +903,8 @@ def test_ray_books_each_devices_memory_as_the_ledger_does(ray_engine, tmp_path):
     try:
         run_id = _hold(ray_engine, "six", release, gpu_mem=6000)
         device = _events(ray_engine, run_id, "TaskStarted")[0].data["worker"]["gpus"][0]
-        free = ray.available_resources()
+        _until(lambda: ray.available_resources().get(f"maze_gpu{device}_mb") == 4000, 20)
+        free = ray.available_resources()      # (Ray updates its view asynchronously)
         assert free.get(f"maze_gpu{device}_mb") == 4000, free
         assert free.get(f"maze_gpu{1 - device}_mb") == 10000, free
         nodes = ray_engine.executor.describe()["nodes"]

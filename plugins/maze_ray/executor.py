@@ -143,9 +143,11 @@ def _make_body(func: Any, inline_limit: int) -> Any:
                 return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(), 0.0,
                         not isinstance(exc, ReferenceResolutionError))
         saved_env = _os.environ.get("CUDA_VISIBLE_DEVICES")
+        saved_order = _os.environ.get("CUDA_DEVICE_ORDER")
         saved_cwd = None
-        if ctx.get("cuda") is not None:
+        if ctx.get("cuda") is not None:   # nvidia-smi's indices (the ledger's) are in PCI order
             _os.environ["CUDA_VISIBLE_DEVICES"] = ctx["cuda"]
+            _os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         t0 = _time.perf_counter()
         try:
             if ctx.get("cwd"):
@@ -162,10 +164,11 @@ def _make_body(func: Any, inline_limit: int) -> Any:
                 except OSError:
                     _os.chdir("/")
             if ctx.get("cuda") is not None:
-                if saved_env is None:
-                    _os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    _os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+                for name, saved in (("CUDA_VISIBLE_DEVICES", saved_env), ("CUDA_DEVICE_ORDER", saved_order)):
+                    if saved is None:
+                        _os.environ.pop(name, None)
+                    else:
+                        _os.environ[name] = saved
         took = _time.perf_counter() - t0
         try:
             fields, blobs = _results.encode(value, inline_limit)

@@ -20,7 +20,9 @@ then the device that the task fills best (packing, so large requests still find 
 
 What Ray is told: on a node that offers a Ray resource per device (``maze_gpu<i>_mb``, its memory
 in MB: Maze's own ``maze start --head``, ``maze worker`` and embedded Ray add them), the task asks
-for exactly the megabytes it holds on exactly the devices chosen, so Ray's books are the ledger's.
+for megabytes on exactly the devices chosen (its ``gpu_mem``, a whole device's memory, or its
+share of the memory rounded up), and the ledger also keeps the sum asked of Ray per device, so a
+placement it makes always fits Ray's books.
 Elsewhere it asks for ``num_gpus`` (whole devices, or one device's share), and Ray picks the
 device in its own books: mostly the same, but not when a warm model chose another device, and
 Ray may then queue a task that the ledger has room for.
@@ -48,6 +50,7 @@ class Gpu:
     used_frac: float = 0.0        # sum of granted shares (<= 1)
     used_mb: int = 0              # sum of granted gpu_mem
     holders: int = 0              # tasks holding a share
+    ray_mb: int = 0               # per-device node: sum of the MB asked of Ray (its books)
 
     def free_mb(self) -> int:
         return self.memory_mb - self.used_mb
@@ -127,6 +130,7 @@ class GpuLedger:
                     prev = held.get(g.index)
                     if prev is not None:
                         g.used_frac, g.used_mb, g.holders = prev.used_frac, prev.used_mb, prev.holders
+                        g.ray_mb = prev.ray_mb
             fresh[node.node_id] = node
         self.nodes = fresh
         for model, (nid, _) in list(self._homes.items()):
@@ -189,7 +193,7 @@ class GpuLedger:
             if not _hosts(node, cpu, mem):
                 continue
             if whole:
-                free = [g for g in node.gpus if g.holders == 0 and g.used_frac < EPS
+                free = [g for g in node.gpus if g.holders == 0 and g.used_frac < EPS and g.ray_mb == 0
                         and (g.memory_mb == 0 or g.memory_mb >= gpu_mem)]
                 if len(free) < need:
                     continue
@@ -208,11 +212,15 @@ class GpuLedger:
                         continue
                     if by_memory and g.memory_mb and g.free_mb() < gpu_mem:
                         continue
+                    ray_mb: tuple[int, ...] = ()
+                    if node.exact:       # Ray's books must have room too, to the megabyte
+                        ray_mb = (max(1, gpu_mem if by_memory else math.ceil(share * g.memory_mb)),)
+                        if g.ray_mb + ray_mb[0] > g.memory_mb:
+                            continue
                     warm = home == (node.node_id, g.index)
                     left = (g.free_mb() - gpu_mem) if g.memory_mb else 1 << 40
                     key = (not warm, left, 1 - g.used_frac - share, node.node_id, g.index)
                     if best is None or key < best[0]:
-                        ray_mb = (max(1, gpu_mem or math.ceil(share * g.memory_mb)),) if node.exact else ()
                         best = (key, Placement(node.node_id, (g.index,), share, gpu_mem, model, ray_mb))
                 continue
             if best is None or key < best[0]:
@@ -243,11 +251,13 @@ class GpuLedger:
         node = self.nodes.get(p.node_id)
         if node is None:
             return                      # the node left; its devices went with it
+        asked = dict(zip(p.gpus, p.ray_mb, strict=True)) if p.ray_mb else {}
         for g in node.gpus:
             if g.index in p.gpus:
                 g.used_frac = max(0.0, round(g.used_frac + sign * p.share, 6))
                 g.used_mb = max(0, g.used_mb + sign * p.mem_mb)
                 g.holders = max(0, g.holders + sign)
+                g.ray_mb = max(0, g.ray_mb + sign * asked.get(g.index, 0))
         if sign > 0 and p.model_name:
             self._homes[p.model_name] = (p.node_id, p.gpus[0])
 
