@@ -3,6 +3,7 @@ traceback is logged (never sent)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -47,8 +49,17 @@ def _engine_error_type() -> type[Exception]:
     return EngineError
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON whose text may hold what a client sent: a lone surrogate (``"\\ud800"``) that cannot
+    be encoded as UTF-8 is written as its escape instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
 def _json(status: int, detail: Any, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": detail, **extra}, status_code=status)
+    return SafeJSONResponse({"detail": detail, **extra}, status_code=status)
 
 
 class PathScrubber:
@@ -123,6 +134,11 @@ def install_handlers(app: Any) -> None:
         log.error("engine unavailable", path=request.url.path, error=str(exc))   # the log keeps it whole
         return _json(503, f"the engine is not available: {detail(exc)}")
 
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own answer, rendered so that a value it quotes back cannot break it
+        return _json(422, jsonable_encoder(exc.errors()))
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(NotFoundError, not_found)
     app.add_exception_handler(RunStateError, state)
     app.add_exception_handler(DAGValidationError, invalid_dag)
@@ -151,6 +167,11 @@ class LoggedRoute(APIRoute):
                 return await handler(request)
             except (*_HANDLED, engine_error):
                 raise
+            except (RecursionError, OverflowError) as exc:   # a value too deep or too large
+                log.info("request refused", method=request.method, path=request.url.path,
+                         error=type(exc).__name__)
+                return _json(400, f"the request holds a value nested too deeply or too large "
+                                  f"({type(exc).__name__})")
             except Exception as exc:
                 log.error("request failed", method=request.method, path=request.url.path,
                           error=f"{type(exc).__name__}: {exc}", exc_info=True)

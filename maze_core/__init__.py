@@ -27,6 +27,8 @@ _EXPORTS = {
     "load_config": "maze_core.config",
     "MazeConfig": "maze_core.config",
     "Engine": "maze_core.engine",
+    "current_task": "maze_core.task_context",
+    "TaskContext": "maze_core.task_context",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -6,11 +6,11 @@ Exit codes: 0 success; 1 a run ended failed or cancelled, or an operation failed
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
+import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ from click_default_group import DefaultGroup
 
 from . import __version__
 from . import events as ev
+from .cli_output import RunProgress, echo_json, event_line, log_progress, print_run, setup_cli_logging
 from .errors import ConfigError, DAGValidationError, MazeError, TaskDefinitionError
+
+__all__ = ["RunProgress", "cli", "main"]
 
 
 class UsageFailure(click.ClickException):
@@ -40,11 +43,10 @@ class _Ctx:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
                 raise UsageFailure(str(exc)) from None
-            from .logging import ensure_logging
             level = self._config.logging.level
             if not self.verbose and level in ("DEBUG", "INFO"):
                 level = "WARNING"  # the command prints what happens; -v shows the engine's log too
-            ensure_logging(level, self._config.logging.format)
+            setup_cli_logging(level, self._config.logging.format)
         return self._config
 
     def store(self):
@@ -77,142 +79,6 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Maze: run workflows of Python functions, recorded as events."""
     ctx.obj = _Ctx(config_path, verbose)
-
-
-# ---------------------------------------------------------------------------- progress
-class RunProgress:
-    """Progress of the runs this engine submits or resumes, from its committed events: a rich bar
-    per run on a terminal (the commands print the outcome themselves). Runs are picked up from their
-    ``RunSubmitted``/``RunResumed`` events, so no task that ends early is missed."""
-
-    def __init__(self, engine: Any, enabled: bool = True, console: Any = None):
-        from rich.console import Console
-        self.console = console or Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
-        self.engine = engine
-        self._bars: dict[str, Any] = {}
-        self._done: dict[str, int] = {}
-        self._progress = None
-        self._unsubscribe = None
-
-    def __enter__(self) -> RunProgress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
-                                      console=self.console)
-            self._progress.start()
-        self._unsubscribe = self.engine.subscribe(self._on_events)
-        return self
-
-    def _track(self, run_id: str, name: str, total: int, done: int) -> None:
-        self._done[run_id] = done
-        if self._progress is not None:
-            self._bars[run_id] = self._progress.add_task(f"{name or 'run'} {run_id[:8]}", total=total,
-                                                         completed=done, state="")
-
-    def _on_events(self, events: list[ev.Event]) -> None:
-        for i, event in enumerate(events):
-            run_id = event.run_id
-            if event.type == ev.RUN_SUBMITTED:
-                self._track(run_id, event.data.get("name", ""), len(event.data.get("tasks", {})), 0)
-                continue
-            if event.type == ev.RUN_RESUMED:
-                # the store already holds this whole batch: count the ends before this event only
-                row = self.engine.store.get_run(run_id) or {}
-                counts = row.get("task_counts", {})
-                ended = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "skipped"))
-                later = sum(1 for e in events[i + 1:] if e.run_id == run_id and e.type in ev.TASK_TERMINAL_EVENTS)
-                self._track(run_id, row.get("name", ""), row.get("tasks_total", 0), ended - later)
-                continue
-            if run_id not in self._done:
-                continue
-            if event.type in ev.TASK_TERMINAL_EVENTS:
-                self._done[run_id] += 1
-                if run_id in self._bars:
-                    self._progress.update(self._bars[run_id], completed=self._done[run_id])
-            elif event.type == ev.TASK_RETRYING and run_id in self._bars:
-                self._progress.update(self._bars[run_id],
-                                      state=f"retrying {event.data['task_id']}")
-            elif event.type in ev.RUN_TERMINAL:
-                status = event.data.get("status")
-                if run_id in self._bars:
-                    self._progress.update(self._bars[run_id], state=status)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._unsubscribe:
-            self._unsubscribe()
-        if self._progress is not None:
-            self._progress.stop()
-
-
-@contextlib.contextmanager
-def _log_progress(what: str):
-    """A ``progress(done, total)`` callback drawing a bar on a terminal (nothing elsewhere)."""
-    from rich.console import Console
-    from rich.progress import Progress
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    with Progress(console=console, transient=True) as bar:
-        task_id = bar.add_task(what, total=None)
-        yield lambda done, total: bar.update(task_id, completed=done, total=total)
-
-
-# ---------------------------------------------------------------------------- output helpers
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _fmt_ts(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def _task_results(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
-    """Per task: status and result (JSON view) or error, from the log."""
-    from . import results
-    out: dict[str, dict[str, Any]] = {}
-    for row in store.list_tasks(run_id):
-        out[row["task_id"]] = {"name": row["task_name"] or row["func_name"], "status": row["status"],
-                               "attempt": row["attempt"], "duration_s": row["duration_s"]}
-        if row["error"]:
-            out[row["task_id"]]["error"] = row["error"]
-    for event in store.read_stream(ev.run_stream(run_id)):
-        if event.type == ev.TASK_SUCCEEDED:
-            out[event.data["task_id"]]["result"] = results.public(
-                event.data.get("result"), event.data.get("result_ref"), store.get_blob)
-    return out
-
-
-def _print_run(store: Any, run_id: str, as_json: bool) -> dict[str, dict[str, Any]]:
-    """Print one run with every task; return the tasks (status, result or error) by id."""
-    run = store.get_run(run_id)
-    if run is None:
-        raise click.ClickException(f"run {run_id!r} does not exist")
-    tasks = _task_results(store, run_id)
-    if as_json:
-        _echo_json({**run, "tasks": tasks})
-        return tasks
-    from rich.console import Console
-    from rich.table import Table
-    console = Console()
-    console.print(f"[bold]run {run['run_id']}[/bold]  {run['name'] or ''}  status: [bold]{run['status']}"
-                  f"[/bold]  created {_fmt_ts(run['created_at'])}  finished {_fmt_ts(run['finished_at'])}")
-    if run.get("error"):
-        console.print(f"[red]error:[/red] {run['error']}")
-    table = Table("task", "name", "status", "attempt", "seconds", "result / error")
-    for tid, t in tasks.items():
-        detail = t.get("error") if t["status"] != "succeeded" else _short(t.get("result"))
-        secs = f"{t['duration_s']:.3f}" if t["duration_s"] is not None else "-"
-        table.add_row(tid, t["name"], t["status"], str(t["attempt"]), secs, detail or "")
-    console.print(table)
-    return tasks
 
 
 # ---------------------------------------------------------------------------- maze run / demo / resume
@@ -272,22 +138,22 @@ def _run_dag(obj: _Ctx, dag: Any, name: str | None, executor: str | None, progre
                 dag = dag(engine)
             except (RuntimeError, ValueError) as exc:
                 raise UsageFailure(str(exc)) from None
-        with RunProgress(engine, enabled=progress and not as_json):
+        with RunProgress(engine, enabled=progress and not as_json) as bar:
             try:
                 run_id = engine.submit(dag, name=name)
             except DAGValidationError as exc:
                 raise UsageFailure("invalid workflow:\n  " + "\n  ".join(exc.problems)) from None
             if not as_json:
-                click.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)", err=True)
+                bar.echo(f"run {run_id} submitted ({len(dag.tasks)} tasks)")
             try:
                 run = engine.wait(run_id)
             except KeyboardInterrupt:
-                click.echo(f"\ninterrupted: run {run_id} stays unfinished in the log; "
-                           f"`maze resume {run_id}` finishes it", err=True)
+                bar.echo(f"interrupted: run {run_id} stays unfinished in the log; "
+                         f"`maze resume {run_id}` finishes it")
                 sys.exit(130)
     finally:
         engine.stop(wait=False)
-    tasks = _print_run(engine.store, run_id, as_json)
+    tasks = print_run(engine.store, run_id, as_json)
     if not as_json and show_sinks and run["status"] == "succeeded":
         for sink in dag.sinks():
             click.echo(f"{sink} -> {json.dumps(tasks[sink].get('result'), ensure_ascii=False)}")
@@ -335,7 +201,7 @@ def demo_cmd(obj: _Ctx, example: str, docs: Path | None, questions: tuple[str, .
     """Run a bundled example workflow (default: fan-out, fan-in, a retried failure and a summary)."""
     if example == "basic":
         from .demo import build_demo_dag
-        _run_dag(obj, build_demo_dag(key=uuid.uuid4().hex), "maze-demo", executor, progress, as_json)
+        _run_dag(obj, build_demo_dag(), "maze-demo", executor, progress, as_json)
         return
     from .demo import rag
     try:
@@ -360,27 +226,41 @@ def demo_cmd(obj: _Ctx, example: str, docs: Path | None, questions: tuple[str, .
 @click.option("--progress/--no-progress", default=True)
 @pass_ctx
 def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str | None, progress: bool) -> None:
-    """Finish unfinished runs (all of them, or RUN_IDS) without re-running finished tasks."""
-    engine = obj.engine(executor)
-    engine.start(resume=False)
-    failed = False
-    try:
-        with RunProgress(engine, enabled=progress):
-            try:
-                report = engine.resume(list(run_ids) or None, force=force)
-            except MazeError as exc:
-                raise click.ClickException(str(exc)) from None
-            for run_id, reason in report.skipped.items():
-                click.echo(f"run {run_id} not resumed: {reason}", err=True)
-            resumed = report.resumed
-            if not resumed:
-                click.echo("nothing to resume")
-                if report.skipped:
-                    sys.exit(1)
-                return
-            rows = [engine.wait(run_id) for run_id in resumed]
+    """Finish unfinished runs (all of them, or RUN_IDS; a prefix is enough) without re-running
+    finished tasks."""
+    where = _store_path(obj.config)
+    if not run_ids and where is not None and not where.exists():   # no store here: nothing ran
+        click.echo("nothing to resume")
+        return
+    store = obj.store()
+    try:   # the log first: no engine (no Ray) is started when there is nothing to take over
+        candidates, skipped = _resumable(store, run_ids, force)
     finally:
-        engine.stop(wait=False)
+        store.close()
+    for run_id, reason in skipped.items():
+        click.echo(f"run {run_id} not resumed: {reason}", err=True)
+    rows: list[dict[str, Any]] = []
+    if candidates:
+        engine = obj.engine(executor)
+        engine.start(resume=False)
+        try:
+            with RunProgress(engine, enabled=progress) as bar:
+                try:
+                    report = engine.resume(candidates, force=force)
+                except MazeError as exc:
+                    raise click.ClickException(str(exc)) from None
+                for run_id, reason in report.skipped.items():
+                    bar.echo(f"run {run_id} not resumed: {reason}")
+                skipped.update(report.skipped)
+                rows = [engine.wait(run_id) for run_id in report.resumed]
+        finally:
+            engine.stop(wait=False)
+    if not rows:
+        click.echo("nothing to resume")
+        if skipped:
+            sys.exit(1)
+        return
+    failed = False
     for row in rows:
         click.echo(f"run {row['run_id']} {row['status']}")
         failed = failed or row["status"] != "succeeded"
@@ -388,35 +268,131 @@ def resume_cmd(obj: _Ctx, run_ids: tuple[str, ...], force: bool, executor: str |
         sys.exit(1)
 
 
+def _resumable(store: Any, run_ids: tuple[str, ...], force: bool) -> tuple[list[str], dict[str, str]]:
+    """From the log alone: the unfinished runs worth starting an engine for, and the runs left
+    alone with the reason (already finished; driven by a live process on this host, unless
+    ``force``). The engine checks again, and checks more, when it takes them over."""
+    from .procs import process_alive
+    from .state import RunState
+    if run_ids:
+        wanted = [_expand_run_id(store, run_id) for run_id in run_ids]
+    else:
+        wanted, offset = [], 0
+        while True:
+            page = store.list_runs(status="running", limit=500, offset=offset)
+            wanted += [r["run_id"] for r in page]
+            if len(page) < 500:
+                break
+            offset += 500
+    here = socket.gethostname()
+    candidates, skipped = [], {}
+    for run_id in dict.fromkeys(wanted):
+        state = RunState.from_events(run_id, store.read_stream(ev.run_stream(run_id)))
+        if state.finished:
+            skipped[run_id] = f"it has already {state.status}"
+            continue
+        driver = state.driver
+        if (not force and driver.get("host") == here and driver.get("pid") != os.getpid()
+                and process_alive(driver.get("pid"), driver.get("started"))):
+            skipped[run_id] = (f"process {driver.get('pid')} on this host is still driving it "
+                               f"(use --force to take it over)")
+            continue
+        candidates.append(run_id)
+    return candidates, skipped
+
+
 # ---------------------------------------------------------------------------- maze runs / events
-@cli.group("runs", cls=DefaultGroup, default="list", default_if_no_args=True)
+class ListingGroup(DefaultGroup):
+    """A group whose default command takes options of its own (``maze runs --status failed`` is
+    ``maze runs list --status failed``): ``--help`` shows them next to the subcommands."""
+
+    def _default(self) -> click.Command | None:
+        return self.commands.get(self.default_cmd_name) if self.default_cmd_name else None
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        default = self._default()
+        if default is None:
+            return super().format_usage(ctx, formatter)
+        formatter.write_usage(ctx.command_path, " ".join(default.collect_usage_pieces(ctx)))
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="       ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        default = self._default()
+        records = []
+        if default is not None:
+            helps = {p.name for p in (self.get_help_option(ctx), default.get_help_option(ctx)) if p}
+            records += [r for p in default.get_params(ctx) if isinstance(p, click.Option)
+                        and p.name not in helps and (r := p.get_help_record(ctx)) is not None]
+        records += [r for p in self.get_params(ctx) if (r := p.get_help_record(ctx)) is not None]
+        if records:
+            title = f"Options (of {self.default_cmd_name}, the default)" if default is not None else "Options"
+            with formatter.section(title):
+                formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
+
+
+@cli.group("runs", cls=ListingGroup, default="list", default_if_no_args=True)
 def runs_group() -> None:
-    """List runs, or show one (maze runs show RUN)."""
+    """List runs, newest first (maze runs [OPTIONS]), or show one (maze runs show RUN)."""
 
 
 @runs_group.command("list")
-@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "cancelled"]))
+@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "cancelled"]),
+              help="Only runs with this status (running: unfinished).")
 @click.option("--name", help="Only runs whose name contains this text.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="Most runs to list.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="Runs to skip (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print {total, runs} as JSON.")
 @pass_ctx
 def runs_list(obj: _Ctx, status: str | None, name: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List runs, newest first."""
-    store = obj.store()
-    rows = store.list_runs(status=status, name=name, limit=limit, offset=offset)
-    total = store.count_runs(status=status, name=name)
+    where = _store_path(obj.config)
+    if where is not None and not where.exists():   # nothing recorded there: don't create a store
+        rows, total, stored = [], 0, 0
+    else:
+        store = obj.store()
+        try:
+            rows = store.list_runs(status=status, name=name, limit=limit, offset=offset)
+            total = store.count_runs(status=status, name=name)
+            stored = total if status is None and name is None else store.count_runs()
+        finally:
+            store.close()
+    shown_where = where or obj.config.data_dir
+    if stored == 0:
+        click.echo(f"no runs recorded in {shown_where}" + (
+            "" if where != _usual_store_path() else
+            " (a folder without a config.toml keeps its runs in its own .maze/: run `maze runs` in "
+            "the folder you ran them from, or point --config or MAZE_PATHS_DATA_DIR at their store)"),
+            err=True)
+    elif where != _usual_store_path():
+        click.echo(f"store: {shown_where}", err=True)
     if as_json:
-        _echo_json({"total": total, "runs": rows})
+        echo_json({"total": total, "runs": rows})
         return
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from .cli_output import fmt_ts, make_console
     table = Table("run", "name", "status", "tasks", "created", "finished")
     for r in rows:
-        table.add_row(r["run_id"], r["name"] or "", r["status"], str(r["tasks_total"]),
-                      _fmt_ts(r["created_at"]), _fmt_ts(r["finished_at"]))
-    Console().print(table)
+        table.add_row(r["run_id"], Text(r["name"] or ""), r["status"], str(r["tasks_total"]),
+                      fmt_ts(r["created_at"]), fmt_ts(r["finished_at"]))
+    make_console().print(table)
     click.echo(f"{len(rows)} of {total} runs")
+
+
+def _store_path(config: Any) -> Path | None:
+    """The file of the configured store when Maze knows it (SQLite), else None."""
+    if config.engine.store != "sqlite":
+        return None
+    return config.data_dir / config.sqlite.filename
+
+
+def _usual_store_path() -> Path:
+    """Where runs are recorded with no config.toml and no MAZE_PATHS_* set, from this folder."""
+    from .config import MazeConfig
+    return (Path.cwd() / MazeConfig().paths.data_dir / MazeConfig().sqlite.filename).resolve()
 
 
 @runs_group.command("show")
@@ -425,7 +401,8 @@ def runs_list(obj: _Ctx, status: str | None, name: str | None, limit: int, offse
 @pass_ctx
 def runs_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
     """Show one run: every task with its status, attempts, duration and result or error."""
-    _print_run(obj.store(), _expand_run_id(obj.store(), run_id), as_json)
+    store = obj.store()
+    print_run(store, _expand_run_id(store, run_id), as_json)
 
 
 def _expand_run_id(store: Any, prefix: str) -> str:
@@ -439,7 +416,7 @@ def _expand_run_id(store: Any, prefix: str) -> str:
     raise click.ClickException(f"run id prefix {prefix!r} is ambiguous: {', '.join(matches[:5])}")
 
 
-@cli.group("events", cls=DefaultGroup, default="show")
+@cli.group("events", cls=ListingGroup, default="show")
 def events_group() -> None:
     """The event log: maze events RUN, maze events verify, maze events replay."""
 
@@ -452,15 +429,15 @@ def events_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
     """Every event of one run, in order."""
     store = obj.store()
     run_id = _expand_run_id(store, run_id)
-    for event in store.read_stream(ev.run_stream(run_id)):
-        if as_json:
+    events = store.read_stream(ev.run_stream(run_id))
+    if as_json:
+        for event in events:
             click.echo(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
-            continue
-        data = dict(event.data)
-        if event.type == ev.RUN_SUBMITTED:
-            data = {"name": data.get("name"), "tasks": list(data.get("tasks", {}))}
-        data.pop("traceback", None)
-        click.echo(f"{event.seq:>8} v{event.version:<5} {_fmt_ts(event.ts)} {event.type:<14} {_short(data, 100)}")
+        return
+    from .cli_output import EVENT_HEADER
+    click.echo(EVENT_HEADER)
+    for event in events:
+        click.echo(event_line(event))
 
 
 @events_group.command("verify")
@@ -468,7 +445,7 @@ def events_show(obj: _Ctx, run_id: str, as_json: bool) -> None:
 def events_verify(obj: _Ctx) -> None:
     """Prove that no event was edited, dropped or reordered (recompute the hash chain)."""
     from .audit import verify_chain
-    with _log_progress("verifying the hash chain") as progress:
+    with log_progress("verifying the hash chain") as progress:
         report = verify_chain(obj.store(), progress)
     if report.ok:
         click.echo(f"ok: {report.events} events, hash chain intact")
@@ -483,7 +460,7 @@ def events_replay(obj: _Ctx, fix: bool) -> None:
     """Fold the whole log again and compare with the stored projections."""
     from .audit import replay_check
     store = obj.store()
-    with _log_progress("replaying the log") as progress:
+    with log_progress("replaying the log") as progress:
         diffs = replay_check(store, progress)
     if not diffs:
         click.echo("ok: projections match the log")
@@ -505,7 +482,7 @@ def plugins_cmd(as_json: bool) -> None:
     from .plugins import get_plugins
     plugins = get_plugins()
     if as_json:
-        _echo_json(plugins)
+        echo_json(plugins)
         return
     for p in plugins:
         status = f"  ERROR: {p['error']}" if p.get("error") else ""
@@ -513,13 +490,13 @@ def plugins_cmd(as_json: bool) -> None:
                    f"{', '.join(p['hooks']) or '-'}{status}")
 
 
-@cli.group("tools", cls=DefaultGroup, default="list", default_if_no_args=True)
+@cli.group("tools", cls=ListingGroup, default="list", default_if_no_args=True)
 def tools_group() -> None:
     """Registered tools (@task functions from packages, tool folders and uploads)."""
 
 
 @tools_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the tools as JSON.")
 @pass_ctx
 def tools_list(obj: _Ctx, as_json: bool) -> None:
     """Every registered tool (name@version) with its type, source and description."""
@@ -532,7 +509,7 @@ def tools_list(obj: _Ctx, as_json: bool) -> None:
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
     if as_json:
-        _echo_json(tools)
+        echo_json(tools)
         return
     if not tools:
         click.echo("no tools registered (install a maze-tool-* package or set [tools] paths)")
@@ -556,7 +533,7 @@ def tools_show(obj: _Ctx, name: str) -> None:
         raise click.ClickException(str(exc)) from None
     if version and version != entry.version:
         raise click.ClickException(f"tool {tool_name!r} is version {entry.version} here, not {version}")
-    _echo_json({"ref": f"{entry.name}@{entry.version}", "source": entry.source, "digest": entry.digest,
+    echo_json({"ref": f"{entry.name}@{entry.version}", "source": entry.source, "digest": entry.digest,
                 **entry.meta.to_dict()})
 
 
@@ -573,7 +550,7 @@ def tools_reload(obj: _Ctx, as_json: bool) -> None:
     from .runtime import reload_tools
     report = reload_tools(obj.config, task_registry, store=obj.store(), actor="cli")
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
         return
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
@@ -600,23 +577,41 @@ def tools_new(name: str, parent: Path, force: bool) -> None:
 
     NAME: lowercase letters and digits, words joined by '-' or '_' (e.g. sentiment, pdf-tables).
     The package passes its own test as it is (python -m pytest in its folder)."""
-    from .scaffold import ScaffoldError, scaffold_tool_package
+    from .scaffold import ScaffoldError, next_steps, scaffold_tool_package
     try:
         target = scaffold_tool_package(name, parent, force=force)
     except ScaffoldError as exc:
         raise UsageFailure(str(exc)) from None
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     click.echo(f"created {target}/: {', '.join(files)}")
-    click.echo(f"next:\n  cd {target} && python -m pytest      # its test passes as it is\n"
-               f"  pip install -e {target} && maze tools reload   # its tools appear in `maze tools`")
+    steps = next_steps(target)  # each line works as typed, in order, from this folder
+    width = max(len(command) for command, _ in steps)
+    click.echo("next, from this folder:\n" + "\n".join(f"  {command:<{width}}  # {comment}"
+                                                       for command, comment in steps))
 
 
 @cli.command("config")
 @pass_ctx
 def config_cmd(obj: _Ctx) -> None:
-    """Print the effective configuration (file + MAZE_* overrides) as JSON."""
+    """Print the effective configuration as JSON: every section, Maze's and the plugins', with
+    the defaults, the file's values and MAZE_* overrides."""
     cfg = obj.config
-    _echo_json({"source": cfg.source, **cfg.model_dump(), "data_dir (resolved)": str(cfg.data_dir)})
+    try:
+        sections = cfg.effective(_plugin_config_sections())
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+    echo_json({"source": cfg.source, **sections, "data_dir (resolved)": str(cfg.data_dir)})
+
+
+def _plugin_config_sections() -> dict[str, Any]:
+    """What the loaded plugins say of their own config sections (``register_config_sections``:
+    ``register(name, pydantic model or dict of defaults)``)."""
+    from .plugins import load_plugins
+    found: dict[str, Any] = {}
+    hook = getattr(load_plugins().hook, "register_config_sections", None)
+    if hook is not None:
+        hook(register=lambda name, schema: found.setdefault(name, schema))
+    return found
 
 
 def _register_plugin_commands() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
@@ -38,6 +39,7 @@ class ServerConfig(_Section):
     max_archive_files: int = Field(10000, ge=1)
     max_compression_ratio: float = Field(100.0, ge=1)
     sse_heartbeat_s: float = Field(15.0, gt=0)
+    max_streams_per_token: int = Field(8, ge=1)   # live event streams open at once per token
 
 
 class PathsConfig(_Section):
@@ -130,14 +132,41 @@ class MazeConfig(BaseModel):
             value = (self.model_extra or {}).get(name, {})
         return value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
 
+    def effective(self, plugin_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every section with the values in effect: Maze's own sections, then each plugin's
+        section with the plugin's defaults filled in, then sections no loaded plugin describes, as
+        the file or the environment gave them.
+
+        A plugin's own section is read by the plugin alone, with its defaults in its code: without
+        a config file it is absent from this model. ``plugin_sections`` maps a section name to what
+        its plugin registered for it (``register_config_sections``): a pydantic model of the
+        section, or a dict of its defaults. Raises ``ConfigError`` naming the key on a bad value."""
+        out = self.model_dump()
+        for name, schema in (plugin_sections or {}).items():
+            given = self.section(name)
+            if isinstance(schema, type) and issubclass(schema, BaseModel):
+                try:
+                    out[name] = schema.model_validate(given).model_dump()
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    key = ".".join(str(p) for p in first["loc"]) or "?"
+                    raise ConfigError(f"{self.source or 'built-in defaults'}: [{name}] {key}: "
+                                      f"{first['msg']} (got {first.get('input')!r})") from None
+            else:
+                out[name] = {**dict(schema), **given}
+        return out
+
 
 _SECTIONS = [name for name, f in MazeConfig.model_fields.items() if name != "source"]
+
+
+TOKENS_FD_VAR = "MAZE_SERVER_TOKENS_FD"   # not a key: see _tokens_from_fd
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for var, raw in environ.items():
-        if not var.startswith("MAZE_") or var in ("MAZE_CONFIG", "MAZE_LOAD_PLUGINS"):
+        if not var.startswith("MAZE_") or var in ("MAZE_CONFIG", "MAZE_LOAD_PLUGINS", TOKENS_FD_VAR):
             continue
         rest = var[5:].lower()
         for section in _SECTIONS:
@@ -192,10 +221,32 @@ def _describe(err: ValidationError, origin: str) -> str:
     return f"{origin}: {key}: {first['msg']}{shown}{more}"
 
 
+_fd_tokens: dict[str, str] = {}
+
+
+def _tokens_from_fd(fd: str) -> str:
+    """``MAZE_SERVER_TOKENS`` handed over through an inherited pipe (``maze start`` re-executes
+    itself so, keeping plain tokens out of ``/proc/<pid>/environ``): read once, then closed."""
+    if fd not in _fd_tokens:
+        try:
+            number = int(fd)
+            chunks = []
+            while chunk := os.read(number, 65536):
+                chunks.append(chunk)
+            os.close(number)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"environment variable {TOKENS_FD_VAR}: cannot read tokens from {fd!r}: {exc}") from None
+        _fd_tokens[fd] = b"".join(chunks).decode("utf-8")
+        os.environ.pop(TOKENS_FD_VAR, None)
+    return _fd_tokens[fd]
+
+
 def load_config(path: str | os.PathLike[str] | None = None,
                 environ: dict[str, str] | None = None) -> MazeConfig:
     """Read the configuration; raise ``ConfigError`` naming the file and key on any problem."""
     environ = dict(os.environ) if environ is None else environ
+    if environ.get(TOKENS_FD_VAR) and "MAZE_SERVER_TOKENS" not in environ:
+        environ = {**environ, "MAZE_SERVER_TOKENS": _tokens_from_fd(environ[TOKENS_FD_VAR])}
     if path is None:
         path = environ.get("MAZE_CONFIG") or ("config.toml" if Path("config.toml").is_file() else None)
     data: dict[str, Any] = {}

@@ -12,25 +12,36 @@ References may sit anywhere inside nested lists and dicts. Dependencies are deri
 references (``t1.output.caption == "t1.output.caption"``, ``t1.output.items[0] ==
 "t1.output.items.0"``). Keys that are also ``str`` methods (``count``, ``index``...) need the item
 form: ``t1.output["count"]``.
+
+A task is a call of a ``@task`` function or of a registered tool named by a string
+(``dag.add_task("word_count", inputs=...)``): tools of installed packages, tool folders and
+``register_task``. A name the DAG's registry knows is bound at once; one it does not know yet stays
+a name (:class:`ToolRequest`) that whoever runs the DAG binds to its own tool: the engine of
+``maze run`` when it validates the DAG, the server when it reads the wire format, where such a task
+travels by name (an empty ``serialized_func``). A name nobody knows is an error that lists close
+matches.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import importlib.util
+import inspect
 import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cloudpickle
 
 from .errors import DAGValidationError, MazeError, NotFoundError, ResourceError, TaskDefinitionError
 from .executor import Held, Pick
-from .registry import TaskMeta, ToolRegistry, get_meta, task_registry
+from .json_limits import MAX_DEPTH, json_problems
+from .registry import TaskMeta, ToolRegistry, derive_meta, get_meta, is_task, task_registry
 from .resources import normalize
 
 __all__ = [
@@ -39,6 +50,7 @@ __all__ = [
     "ReferenceResolutionError",
     "TaskNode",
     "TaskRef",
+    "ToolRequest",
     "find_references",
     "parse_reference",
     "resolve_inputs",
@@ -100,12 +112,26 @@ class TaskRef(str):
         return OutputRef(f"{self}.output")
 
 
+@dataclass(frozen=True)
+class ToolRequest:
+    """A task added by tool name: the name and the overrides exactly as given, so that whoever runs
+    the DAG can bind the name to its own tool and apply them on top of the tool's declarations."""
+
+    name: str
+    resources: Mapping[str, Any] | None = None
+    retries: int | None = None
+    timeout: float | None = None
+
+
 @dataclass
 class TaskNode:
-    """One task of a DAG. ``resources`` is normalized; ``retries``/``timeout`` None: defaults."""
+    """One task of a DAG. ``resources`` is normalized; ``retries``/``timeout`` None: defaults.
+
+    ``tool`` is set for a task added by tool name; until that name is bound to a registry's tool,
+    ``func`` is None and ``meta`` a stand-in that takes any input."""
 
     id: str
-    func: Callable[..., Any]
+    func: Callable[..., Any] | None
     func_name: str
     task_name: str | None
     inputs: dict[str, Any]
@@ -114,6 +140,7 @@ class TaskNode:
     retries: int | None
     timeout: float | None
     meta: TaskMeta = field(repr=False)
+    tool: ToolRequest | None = None
 
 
 def _parse_path(value: str, start: int) -> list[PathSegment]:
@@ -284,10 +311,13 @@ class DAG:
     """A workflow under construction: tasks (``t1``, ``t2``...) wired by references.
 
     Building checks eagerly what it can (decorated function, valid resources, references to tasks
-    that exist); :meth:`validate` checks the whole graph and reports every problem at once."""
+    that exist, inputs the function takes); :meth:`validate` checks the whole graph. Both report
+    every problem at once. ``registry`` is where tool names are looked up (None: the global
+    ``task_registry``)."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", registry: ToolRegistry | None = None) -> None:
         self.name = name
+        self.registry = registry
         self.tasks: dict[str, TaskNode] = {}
         self._next = 1
 
@@ -300,21 +330,72 @@ class DAG:
             number += 1
         return f"t{number}"
 
-    def add_task(self, func: Callable[..., Any], task_name: str | None = None,
+    def add_task(self, func: Callable[..., Any] | str, task_name: str | None = None,
                  inputs: Mapping[str, Any] | None = None, resources: Mapping[str, Any] | None = None,
                  retries: int | None = None, timeout: float | None = None) -> TaskRef:
-        """Add a call of the ``@task`` function ``func`` and return its id.
+        """Add a call of ``func`` and return its id.
 
+        ``func`` is a ``@task`` function or the name of a registered tool. A name the DAG's
+        registry does not know yet is kept for whoever runs the DAG to bind (see the module's
+        docstring); :meth:`validate` reports it if that registry does not know it either.
         ``inputs`` maps parameter names to static values or references; ``resources`` overrides
         the declared ones; ``retries``/``timeout`` override the task's (None: its default).
-        Raises ``TaskDefinitionError`` (undecorated function), ``ResourceError`` (bad resources) or
-        ``DAGValidationError`` (bad inputs, references to tasks not in the DAG, bad retries/timeout).
-        """
+
+        Every problem visible without the rest of the graph is reported at once. A single one
+        raises its own kind: ``TaskDefinitionError`` (not a task), ``ResourceError`` (bad
+        resources) or ``DAGValidationError`` (bad inputs, references to tasks not in the DAG,
+        inputs the function does not take or of the wrong type, bad retries/timeout); several
+        raise one ``DAGValidationError`` whose ``problems`` lists them all."""
         task_id = self._free_id()
-        self.tasks[task_id] = _build_node(task_id, func, task_name, inputs, resources, retries,
-                                          timeout, known_ids=self.tasks)
+        tool = None
+        if isinstance(func, str):
+            tool = ToolRequest(func, _copy(resources), retries, timeout)
+            found, meta, errors = self._lookup(task_id, func)
+        else:
+            found, (meta, errors) = func, _meta_of(task_id, func)
+        self.tasks[task_id] = _build_node(task_id, found, meta, task_name, inputs, resources, retries,
+                                          timeout, known_ids=self.tasks, tool=tool, errors=errors)
         self._next = int(task_id[1:]) + 1
         return TaskRef(task_id)
+
+    def _lookup(self, task_id: str, name: str
+                ) -> tuple[Callable[..., Any] | None, TaskMeta | None, list[MazeError]]:
+        """The tool ``name`` of the DAG's registry: (function, metadata, []), (None, None, []) when
+        it is not registered (yet), or a problem with the name itself."""
+        if not name.strip():
+            return None, None, [TaskDefinitionError(f"task {task_id}: the tool name is empty")]
+        try:
+            entry = self._registry().get(name)
+        except NotFoundError:
+            return None, None, []
+        return entry.func, entry.meta, []
+
+    def _registry(self, registry: ToolRegistry | None = None) -> ToolRegistry:
+        if registry is not None:
+            return registry
+        return self.registry if self.registry is not None else task_registry
+
+    def _bind_tools(self, registry: ToolRegistry | None) -> dict[str, str]:
+        """Bind tasks added by tool name to their tools: those not bound yet to the DAG's registry
+        or, when ``registry`` is given (whoever runs the DAG), every one to that registry's.
+        Returns a problem per task id whose tool cannot be bound (unknown name, bad resources)."""
+        tools = self._registry(registry)
+        problems: dict[str, str] = {}
+        for task_id, node in list(self.tasks.items()):
+            if node.tool is None or (node.func is not None and registry is None):
+                continue
+            try:
+                entry = tools.get(node.tool.name)
+            except NotFoundError:
+                problems[task_id] = _unknown_tool(task_id, node.tool.name, tools)
+                continue
+            if entry.func is node.func:
+                continue
+            try:
+                self.tasks[task_id] = _bound(node, entry.func, entry.meta)
+            except ResourceError as exc:
+                problems[task_id] = f"task {task_id} ({node.tool.name}): {exc}"
+        return problems
 
     # ---- graph -------------------------------------------------------------------------------
 
@@ -395,9 +476,13 @@ class DAG:
 
     def validate(self, known_tools: set[str] | None = None,
                  capacity_check: CapacityCheck | None = None,
-                 injected_inputs: Collection[str] = ()) -> None:
+                 injected_inputs: Collection[str] = (), registry: ToolRegistry | None = None) -> None:
         """Check the whole DAG and raise one ``DAGValidationError`` listing every problem.
 
+        First binds the tasks added by tool name: to ``registry`` when given (whoever runs the DAG
+        passes its own: every such task is bound to that registry's tool), else the ones not bound
+        yet to the DAG's registry (default: the global ``task_registry``); a name the registry does
+        not know is a problem naming close matches.
         Checks: empty DAG, cycles, unknown references and dependencies, tools not in
         ``known_tools`` (when given), inputs the function does not take (unless it takes
         ``**kwargs``), missing required inputs (names in ``injected_inputs`` are supplied by the
@@ -407,8 +492,11 @@ class DAG:
         problems: list[str] = []
         if not self.tasks:
             problems.append(f"DAG {self.name!r} has no tasks")
+        unbound = self._bind_tools(registry)
         problems.extend(_cycle_problem(cycle) for cycle in self._cycles())
         for node in self.tasks.values():
+            if node.id in unbound:
+                problems.append(unbound[node.id])
             problems.extend(self._node_problems(node, known_tools, capacity_check, injected_inputs))
         if problems:
             count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
@@ -420,7 +508,7 @@ class DAG:
         label = f"task {node.id} ({node.func_name})"
         meta = node.meta
         problems: list[str] = []
-        if known_tools is not None and node.func_name not in known_tools:
+        if known_tools is not None and node.func is not None and node.func_name not in known_tools:
             problems.append(f"{label} uses unknown tool {node.func_name!r}")
         for dep in node.dependencies:
             if dep not in self.tasks:
@@ -434,17 +522,7 @@ class DAG:
                 problems.append(f"input {name!r} of task {node.id} references key {path[0]!r} "
                                 f"({text!r}) that task {target} ({self.tasks[target].func_name}) does "
                                 f"not declare; declared: {', '.join(declared)}")
-        known_inputs = set(meta.parameters) | set(meta.input_parameters)
-        if not meta.accepts_kwargs:
-            for name in node.inputs:
-                if name not in known_inputs:
-                    problems.append(f"{label} has unknown input {name!r}; it takes: "
-                                    f"{', '.join(sorted(known_inputs)) or 'no inputs'}")
-        for name in meta.required_inputs:
-            if name not in node.inputs and name not in injected:
-                problems.append(f"{label} is missing required input {name!r}")
-        for name, value in node.inputs.items():
-            problems.extend(_type_problems(label, name, value, meta.input_parameters.get(name)))
+        problems.extend(_input_problems(label, meta, node.inputs, injected))
         problems.extend(_limit_problems(node.id, node.retries, node.timeout))
         try:
             resources = normalize(node.resources)
@@ -516,10 +594,19 @@ class DAG:
         """The submission payload (seed 001): ``{"name", "tasks": {id: {"func_name",
         "serialized_func", "dependencies", "inputs", "task_name", "resources", "retries",
         "timeout"}}}``. ``serialized_func`` is base64 of ``cloudpickle.dumps(func)``, computed once
-        per distinct function."""
+        per distinct function. A task added by tool name travels by name: an empty
+        ``serialized_func``, and only the overrides given to ``add_task`` (the receiver applies
+        them to its own tool)."""
         pickled: dict[int, str] = {}
         tasks: dict[str, Any] = {}
         for task_id, node in self.tasks.items():
+            if node.tool is not None:
+                tasks[task_id] = {
+                    "func_name": node.tool.name, "serialized_func": "",
+                    "dependencies": list(node.dependencies), "inputs": _plain(node.inputs),
+                    "task_name": node.task_name, "resources": _plain(node.tool.resources or {}),
+                    "retries": node.tool.retries, "timeout": node.tool.timeout}
+                continue
             key = id(node.func)
             if key not in pickled:
                 pickled[key] = base64.b64encode(cloudpickle.dumps(node.func)).decode("ascii")
@@ -541,7 +628,10 @@ class DAG:
         """Rebuild a DAG from :meth:`to_wire`'s payload (a dict or its JSON text).
 
         A task's function is ``serialized_func`` unpickled with cloudpickle or, when that is empty,
-        the tool ``func_name`` of ``registry`` (default: the global ``task_registry``). Unpickling
+        the tool ``func_name`` of ``registry`` (default: the global ``task_registry``). An unpickled
+        plain function (no ``@task``, as a raw API client may send) gets the metadata a bare
+        ``@task`` would give it, named ``func_name``; the task's other fields (``resources``...)
+        apply as usual. Unpickling
         runs code from the payload: that is by design (the SDK ships functions), so only accept
         payloads from authenticated users. Explicit ``dependencies`` are kept alongside the ones
         derived from references. Shape problems raise one ``DAGValidationError`` listing them all;
@@ -551,19 +641,23 @@ class DAG:
                 payload = json.loads(payload)
             except ValueError as exc:
                 raise DAGValidationError(f"workflow payload is not JSON: {exc}") from None
+            except RecursionError:
+                raise DAGValidationError(f"workflow payload is nested deeper than {MAX_DEPTH} levels") from None
+        limits = json_problems(payload, "workflow")
+        if limits:
+            raise DAGValidationError("invalid workflow payload: " + "; ".join(limits), limits)
         if not isinstance(payload, Mapping):
             raise DAGValidationError(f"workflow payload must be a JSON object, got {type(payload).__name__}")
         specs = payload.get("tasks")
         if not isinstance(specs, Mapping):
             raise DAGValidationError('workflow payload needs a "tasks" object mapping task id to task')
         name = payload.get("name", "")
-        dag = cls(name=name if isinstance(name, str) else str(name))
+        dag = cls(name=name if isinstance(name, str) else str(name), registry=registry)
         problems: list[str] = []
         unpickled: dict[str, Callable[..., Any]] = {}  # each distinct function is unpickled once
         for task_id, spec in specs.items():
             try:
-                dag.tasks[task_id] = _node_from_wire(task_id, spec, specs, registry or task_registry,
-                                                     unpickled)
+                dag.tasks[task_id] = _node_from_wire(task_id, spec, specs, dag._registry(), unpickled)
             except (DAGValidationError, TaskDefinitionError) as exc:
                 problems.extend(getattr(exc, "problems", None) or [str(exc)])
         if problems:
@@ -573,39 +667,129 @@ class DAG:
         return dag
 
 
-def _build_node(task_id: str, func: Callable[..., Any], task_name: Any, inputs: Any, resources: Any,
-                retries: Any, timeout: Any, known_ids: Collection[str],
-                explicit_deps: Iterable[str] = ()) -> TaskNode:
-    """Build a node, raising on every problem visible without the rest of the graph: undecorated
-    function, bad resources, bad inputs, references to tasks not in ``known_ids``, bad limits."""
-    try:
-        meta = get_meta(func)
-    except TaskDefinitionError as exc:
-        raise type(exc)(f"task {task_id}: {exc}") from None
+def _build_node(task_id: str, func: Callable[..., Any] | None, meta: TaskMeta | None, task_name: Any,
+                inputs: Any, resources: Any, retries: Any, timeout: Any, known_ids: Collection[str],
+                explicit_deps: Iterable[str] = (), tool: ToolRequest | None = None,
+                errors: Iterable[MazeError] = ()) -> TaskNode:
+    """Build a node, raising on every problem visible without the rest of the graph (see
+    ``DAG.add_task`` for which error): ``errors`` already found, bad resources, bad inputs,
+    references to tasks not in ``known_ids``, inputs ``meta`` does not take or types it does not
+    allow, bad limits. ``meta`` None: ``func`` is no task (its problem is among ``errors``) or
+    ``tool`` names a tool not bound yet (``func`` None), whose checks wait for the binding."""
+    errors = list(errors)
+    name = meta.name if meta is not None else tool.name if tool is not None else None
+    label = f"task {task_id} ({name})" if name else f"task {task_id}"
     if inputs is not None and not isinstance(inputs, Mapping):
-        raise DAGValidationError(f"task {task_id} ({meta.name}): inputs must be a dict of "
-                                 f"parameter name to value, got {type(inputs).__name__}")
+        errors.append(DAGValidationError(f"{label}: inputs must be a dict of parameter name to "
+                                         f"value, got {type(inputs).__name__}"))
+        inputs = None
     plain_inputs = _plain(inputs or {})
-    override = dict(resources) if isinstance(resources, Mapping) else resources
-    base = dict(meta.resources)
-    if isinstance(override, dict) and base.get("type") == "cpu" and not {"type", "task_type"} & set(override):
-        del base["type"]  # a cpu task asked for a GPU here becomes a gpu task (normalize infers it)
+    normalized: dict[str, Any] = {}
     try:
-        normalized = normalize(override, base=base)
+        normalized = _merged_resources(meta, resources)
     except ResourceError as exc:
-        raise ResourceError(f"task {task_id} ({meta.name}): {exc}") from None
+        errors.append(ResourceError(f"{label}: {exc}"))
     problems = [p for *_, p in _reference_problems(task_id, plain_inputs, known_ids) if p]
+    problems += _input_problems(label, meta, plain_inputs)
     problems += _limit_problems(task_id, retries, timeout)
     if task_name is not None and not isinstance(task_name, str):
         problems.append(f"task {task_id}: task_name must be a string, got {task_name!r}")
-    if problems:
-        raise DAGValidationError(problems[0] if len(problems) == 1 else
-                                 f"task {task_id} is invalid: " + "; ".join(problems), problems)
+    errors += [DAGValidationError(problem) for problem in problems]
+    if errors:
+        raise _one_error(task_id, errors)
+    if meta is None:
+        assert tool is not None and func is None
+        meta = TaskMeta(name=tool.name, accepts_kwargs=True)   # stands in until the name is bound
     derived = find_references(plain_inputs, known_ids)
     return TaskNode(id=task_id, func=func, func_name=meta.name, task_name=task_name,
                     inputs=plain_inputs, dependencies=list(dict.fromkeys([*explicit_deps, *derived])),
                     resources=normalized, retries=retries if retries is not None else meta.retries,
-                    timeout=float(timeout) if timeout is not None else meta.timeout, meta=meta)
+                    timeout=float(timeout) if timeout is not None else meta.timeout, meta=meta, tool=tool)
+
+
+def _one_error(task_id: str, errors: list[MazeError]) -> MazeError:
+    """A single problem as itself; several as one ``DAGValidationError`` listing them all."""
+    if len(errors) == 1:
+        return errors[0]
+    problems = [str(error) for error in errors]
+    return DAGValidationError(f"task {task_id} is invalid ({len(problems)} problems): "
+                              + "; ".join(problems), problems)
+
+
+def _meta_of(task_id: str, func: Any, plain_name: str | None = None
+             ) -> tuple[TaskMeta | None, list[MazeError]]:
+    """(``func``'s ``@task`` metadata, []) or (None, [why it is no task]). With ``plain_name``, a
+    plain Python function gets what a bare ``@task`` named so would give it."""
+    if not callable(func):
+        return None, [TaskDefinitionError(f"task {task_id}: add_task takes a @task function or the "
+                                          f"name of a tool, got {type(func).__name__} {func!r:.60}")]
+    try:
+        if plain_name is not None and inspect.isfunction(func) and not is_task(func):
+            return derive_meta(func, plain_name), []
+        return get_meta(func), []
+    except TaskDefinitionError as exc:   # ResourceError too
+        return None, [type(exc)(f"task {task_id}: {exc}")]
+
+
+def _merged_resources(meta: TaskMeta | None, override: Any) -> dict[str, Any]:
+    """The task's declared resources with the per-use ``override`` on top, normalized."""
+    override = dict(override) if isinstance(override, Mapping) else override
+    base = dict(meta.resources) if meta is not None else {}
+    if isinstance(override, dict) and base.get("type") == "cpu" and not {"type", "task_type"} & set(override):
+        del base["type"]  # a cpu task asked for a GPU here becomes a gpu task (normalize infers it)
+    return normalize(override, base=base)
+
+
+def _bound(node: TaskNode, func: Callable[..., Any], meta: TaskMeta) -> TaskNode:
+    """``node``, added by tool name, bound to that tool: its overrides on top of the tool's
+    declarations. Raises ``ResourceError`` when the resources do not combine."""
+    request = node.tool
+    assert request is not None
+    return replace(node, func=func, meta=meta, func_name=meta.name,
+                   resources=_merged_resources(meta, request.resources),
+                   retries=request.retries if request.retries is not None else meta.retries,
+                   timeout=float(request.timeout) if request.timeout is not None else meta.timeout)
+
+
+def _unknown_tool(task_id: str, name: str, registry: ToolRegistry) -> str:
+    """The problem of a tool name ``registry`` does not know, with the names it might mean."""
+    names = registry.names()
+    by_lower = {known.lower(): known for known in names}
+    close = [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=3)]
+    if close:
+        hint = f"did you mean {' or '.join(map(repr, close))}?"
+    elif not names:
+        hint = "no tools are registered"
+    elif len(names) <= 10:
+        hint = f"the registered tools are {', '.join(names)}"
+    else:
+        hint = f"none of the {len(names)} registered tools has a similar name"
+    return f"task {task_id} uses unknown tool {name!r}: {hint}"
+
+
+def _copy(resources: Any) -> Any:
+    return dict(resources) if isinstance(resources, Mapping) else resources
+
+
+def _input_problems(label: str, meta: TaskMeta | None, inputs: Mapping[str, Any],
+                    supplied: Collection[str] | None = None) -> list[str]:
+    """Inputs ``meta``'s function does not take, static values of a type its schema does not allow
+    or not JSON and, with ``supplied`` (inputs the server provides), required inputs missing."""
+    problems: list[str] = []
+    if meta is not None and not meta.accepts_kwargs:
+        known = set(meta.parameters) | set(meta.input_parameters)
+        for name in inputs:
+            if name not in known:
+                problems.append(f"{label} has unknown input {name!r}; it takes: "
+                                f"{', '.join(sorted(known)) or 'no inputs'}")
+    if meta is not None and supplied is not None:
+        for name in meta.required_inputs:
+            if name not in inputs and name not in supplied:
+                problems.append(f"{label} is missing required input {name!r}")
+    for name, value in inputs.items():
+        schema = meta.input_parameters.get(name) if meta is not None else None
+        problems.extend(_type_problems(label, name, value, schema))
+    return problems
 
 
 def _type_problems(label: str, name: str, value: Any, schema: Any) -> list[str]:
@@ -627,13 +811,29 @@ def _cycle_problem(cycle: list[str]) -> str:
     return f"dependency cycle: {' -> '.join(cycle)} (each task waits for the next)"
 
 
+MAX_RETRIES = 1000
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:          # an int too large for a float
+        return False
+
+
 def _limit_problems(task_id: str, retries: Any, timeout: Any) -> list[str]:
     problems = []
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
         problems.append(f"task {task_id}: retries must be a whole number >= 0, got {retries!r}")
+    elif retries is not None and retries > MAX_RETRIES:
+        problems.append(f"task {task_id}: retries must be at most {MAX_RETRIES}, got {retries!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                or not math.isfinite(timeout) or timeout <= 0):
+                                or not _finite(timeout) or timeout <= 0):
         problems.append(f"task {task_id}: timeout must be a number of seconds > 0, got {timeout!r}")
+    elif timeout is not None and timeout > MAX_TIMEOUT_S:
+        problems.append(f"task {task_id}: timeout must be at most {MAX_TIMEOUT_S:g} s (a year); "
+                        f"leave it unset for no timeout, got {timeout!r}")
     return problems
 
 
@@ -653,21 +853,27 @@ def _node_from_wire(task_id: Any, spec: Any, specs: Mapping[str, Any], registry:
     unknown = [dep for dep in deps if dep not in specs]
     if unknown:
         raise DAGValidationError(f"task {task_id} depends on unknown task(s) {', '.join(map(repr, unknown))}")
+    tool = None
     if serialized:
         if not isinstance(serialized, str):
             raise DAGValidationError(f"task {task_id}: serialized_func must be a base64 string")
         if serialized not in unpickled:
             unpickled[serialized] = _unpickle(task_id, serialized)
         func = unpickled[serialized]
+        plain_name = func_name if isinstance(func_name, str) and func_name else getattr(func, "__name__", "")
+        meta, errors = _meta_of(task_id, func, plain_name=plain_name or None)
     elif isinstance(func_name, str) and func_name:
         try:
-            func = registry.get_task(func_name)
-        except NotFoundError as exc:
-            raise DAGValidationError(f"task {task_id}: unknown tool: {exc}") from None
+            entry = registry.get(func_name)
+        except NotFoundError:
+            raise DAGValidationError(_unknown_tool(task_id, func_name, registry)) from None
+        func, meta, errors = entry.func, entry.meta, []
+        tool = ToolRequest(func_name, _copy(spec.get("resources")), spec.get("retries"), spec.get("timeout"))
     else:
         raise DAGValidationError(f"task {task_id} needs a serialized_func or the func_name of a tool")
-    return _build_node(task_id, func, spec.get("task_name"), spec.get("inputs"), spec.get("resources"),
-                       spec.get("retries"), spec.get("timeout"), known_ids=specs, explicit_deps=deps)
+    return _build_node(task_id, func, meta, spec.get("task_name"), spec.get("inputs"),
+                       spec.get("resources"), spec.get("retries"), spec.get("timeout"),
+                       known_ids=specs, explicit_deps=deps, tool=tool, errors=errors)
 
 
 def _unpickle(task_id: str, serialized: str) -> Callable[..., Any]:

@@ -37,6 +37,7 @@ from .config import MazeConfig, load_config
 from .errors import ConcurrencyError, DAGValidationError, MazeError, NotFoundError, RunStateError
 from .events import NewEvent, compact_json
 from .executor import Executor, Held, Invocation, TaskUpdate, map_picks
+from .json_limits import json_problems
 from .logging import ensure_logging, get_logger
 from .procs import process_alive, process_started
 from .runtime import tool_event
@@ -78,6 +79,9 @@ class _Reply:
 
 FUNC_CACHE_SIZE = 4096
 TIMERS_COMPACT_MIN = 10000
+LONGEST_SLEEP_S = 3600.0     # the loop wakes at least this often (a far timer must not overflow a wait)
+# what a value the store cannot encode raises: it belongs to one run, never to the engine
+POISON = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 
@@ -258,7 +262,7 @@ class Engine:
         Returns the run id once ``RunSubmitted`` is durable. Raises ``DAGValidationError`` listing
         every problem, before anything runs."""
         self._require_running()
-        dag.validate(capacity_check=self._capacity_check)
+        dag.validate(capacity_check=self._capacity_check, registry=self.registry)
         tasks: dict[str, dict[str, Any]] = {}
         blobs: dict[str, bytes] = {}
         funcs: dict[str, Callable[..., Any]] = {}
@@ -285,7 +289,7 @@ class Engine:
                 text = compact_json(node.inputs)
                 text.encode("utf-8")
                 inputs = json.loads(text)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 problems.append(f"task {tid}: inputs are not JSON-serialisable ({exc}); pass file paths "
                                 f"or JSON values")
                 continue
@@ -302,6 +306,8 @@ class Engine:
         run_name = name if name is not None else dag.name
         if not isinstance(run_name, str) or _clean_text(run_name) != run_name:
             problems.append(f"run name must be text, got {run_name!r}")
+        for tid, spec in tasks.items():   # what the log must hold (the server's door checked it too)
+            problems += json_problems({k: spec[k] for k in ("task_name", "inputs", "resources")}, f"task {tid}")
         if problems:
             raise DAGValidationError("; ".join(problems), problems)
         run_id = str(uuid.uuid4())
@@ -309,7 +315,7 @@ class Engine:
         if workdir is not None:
             data["workdir"] = str(workdir)
         reply = _Reply()
-        self._post(("submit", run_id, data, blobs, funcs, actor or self.actor, reply))
+        self._post(("submit", run_id, data, blobs, funcs, _clean_text(actor or self.actor), reply))
         reply.wait()
         return run_id
 
@@ -317,7 +323,7 @@ class Engine:
         """Cancel one task (and skip what depends on it) or, without ``task_id``, the whole run.
         Returns the ids of the tasks cancelled. Running tasks are stopped best-effort."""
         reply = _Reply()
-        self._post(("cancel", run_id, task_id, reason, reply))
+        self._post(("cancel", run_id, task_id, _clean_text(str(reason)), reply))
         return reply.wait()
 
     def resume(self, run_ids: Iterable[str] | None = None, force: bool = False) -> ResumeReport:
@@ -339,7 +345,16 @@ class Engine:
             stream = self.store.read_stream(ev.run_stream(run_id))
             if not stream:
                 raise NotFoundError(f"run {run_id!r} does not exist")
-            state = RunState.from_events(run_id, stream)
+            try:
+                state = RunState.from_events(run_id, stream)
+            except Exception as exc:  # noqa: BLE001 - a run that cannot be folded fails alone
+                reason = f"the run could not be resumed: its events cannot be folded: {type(exc).__name__}: {exc}"
+                log.exception("run could not be resumed", run_id=run_id)
+                reply = _Reply()
+                self._post(("fail", run_id, stream[-1].version, reason, reply))
+                reply.wait()
+                report.skipped[run_id] = reason + " (marked failed)"
+                continue
             if state.finished:
                 if explicit:
                     report.skipped[run_id] = f"it has already {state.status}"
@@ -505,7 +520,7 @@ class Engine:
         timeout = None
         wake = [t for t in (self._timers[0][0] if self._timers else None, self._flush_at) if t is not None]
         if wake:
-            timeout = max(0.0, min(wake) - time.monotonic())
+            timeout = min(LONGEST_SLEEP_S, max(0.0, min(wake) - time.monotonic()))
         try:
             msgs = [self._inbox.get(timeout=timeout)]
         except queue.Empty:
@@ -568,14 +583,41 @@ class Engine:
             _, states, funcs, reply = msg
             self._remember_funcs(funcs)
             # two callers may have folded the same run: only the first takes it
-            resumed = [self._resume(state) for state in states if state.run_id not in self._runs]
+            resumed = []
+            for state in states:
+                if state.run_id in self._runs:
+                    continue
+                try:
+                    resumed.append(self._resume(state))
+                except Exception as exc:  # noqa: BLE001 - one run that cannot resume fails alone
+                    log.exception("run could not be resumed", run_id=state.run_id)
+                    stream = ev.run_stream(state.run_id)
+                    self._batch = [(s, ne) for s, ne in self._batch if ne.stream != stream]
+                    self._batch_streams.discard(stream)
+                    self._forget_run(state.run_id)
+                    self._record_failure(state.run_id, state.version,
+                                         f"the run could not be resumed: {type(exc).__name__}: {exc}")
             self._replies.append((reply, resumed))
+        elif kind == "fail":
+            _, run_id, version, reason, reply = msg
+            if run_id not in self._runs:
+                self._record_failure(run_id, version, reason)
+            self._replies.append((reply, None))
         elif kind == "tools":
             _, new_events, reply = msg
             for new in new_events:
                 self._batch.append((None, new))
             self._urgent = True
             self._replies.append((reply, None))
+
+    def _record_failure(self, run_id: str, version: int, reason: str) -> None:
+        """``RunFailed`` for a run this engine does not drive, after its ``version``-th event."""
+        new = NewEvent(ev.run_stream(run_id), ev.RUN_FAILED,
+                       {"status": "failed", "error": _clean_text(reason), "failed_tasks": []}, self.actor)
+        new.expected_version = version
+        self._batch.append((None, new))
+        self._batch_streams.add(new.stream)
+        self._urgent = True
 
     # ------------------------------------------------------------------ events
     def _emit(self, state: RunState, type_: str, data: dict[str, Any], actor: str | None = None) -> None:
@@ -654,6 +696,9 @@ class Engine:
                                         traceback="".join(tb_mod.format_exception(exc))))
 
     def _append(self) -> list[ev.Event]:
+        """Append the batch; returns its events as committed, ``self._batch`` left holding the
+        entries they belong to (a run another process drives, or one whose events cannot be
+        stored, is dropped from it)."""
         while True:
             try:
                 return self.store.append([ne for _, ne in self._batch], self._blobs)
@@ -665,8 +710,69 @@ class Engine:
                 self._batch = [(s, ne) for s, ne in self._batch if ne.stream != exc.stream]
                 if not self._batch:
                     return []
+            except POISON as exc:
+                # a value the store cannot take (text that is not UTF-8, a number JSON cannot
+                # hold, nesting past the encoder's depth): it belongs to one run. Store the batch
+                # stream by stream, and fail the run whose events cannot be stored
+                log.error("a batch of events could not be stored; storing it run by run", error=repr(exc))
+                return self._append_by_stream()
 
-    def _forget_run(self, run_id: str) -> None:
+    def _append_by_stream(self) -> list[ev.Event]:
+        groups: dict[str, list[tuple[RunState | None, NewEvent]]] = {}
+        for entry in self._batch:
+            groups.setdefault(entry[1].stream, []).append(entry)
+        kept: list[tuple[RunState | None, NewEvent]] = []
+        committed: list[ev.Event] = []
+        blobs = self._blobs
+        for stream, group in groups.items():
+            try:
+                done = self.store.append([ne for _, ne in group], blobs)
+            except POISON as exc:
+                failure = self._poisoned(stream, group, exc)
+                if failure is None:
+                    continue
+                group, done = failure
+            except ConcurrencyError as exc:
+                log.error("another process is driving this run; leaving it", run_id=stream[4:],
+                          expected=exc.expected, actual=exc.actual)
+                self._forget_run(stream[4:])
+                continue
+            blobs = {}
+            kept.extend(group)
+            committed.extend(done)
+        self._batch = kept
+        return committed
+
+    def _poisoned(self, stream: str, group: list[tuple[RunState | None, NewEvent]], exc: BaseException
+                  ) -> tuple[list[tuple[None, NewEvent]], list[ev.Event]] | None:
+        """The events of ``stream`` cannot be stored. A run that exists in the log is failed with
+        the reason (its work stopped); a submission that cannot be recorded is refused to its
+        caller; what is left of the batch goes on. Returns the entry and event recorded instead."""
+        reason = f"MazeInternalError: an event of this run could not be stored: {type(exc).__name__}: {exc}"
+        log.error("events could not be stored", stream=stream, error=repr(exc))
+        if not stream.startswith("run:"):
+            return None
+        run_id = stream[4:]
+        state = next((s for s, _ in group if s is not None), None) or self._runs.get(run_id)
+        version = group[0][1].expected_version
+        if version is None:
+            version = state.version if state is not None else 0
+        running = [(run_id, tid) for tid, t in state.tasks.items() if t.status in ACTIVE] if state else []
+        self._forget_run(run_id, reason=f"the run could not be recorded: {type(exc).__name__}: {exc}")
+        if running:
+            self.executor.cancel_many(running)
+        if version == 0:                       # nothing of it is in the log: the submitter hears why
+            return None
+        new = NewEvent(stream, ev.RUN_FAILED, {"status": "failed", "error": _clean_text(reason),
+                                               "failed_tasks": []}, self.actor)
+        new.expected_version = version
+        try:
+            return [(None, new)], self.store.append([new])
+        except (ConcurrencyError, *POISON):
+            log.exception("could not record the failure of a run", run_id=run_id)
+            return None
+
+    def _forget_run(self, run_id: str, reason: str = "") -> None:
         state = self._runs.pop(run_id, None)
         if state is not None:
             self._active -= sum(1 for t in state.tasks.values() if t.status in ACTIVE)
@@ -683,7 +789,7 @@ class Engine:
         replies = []
         for reply, value in self._replies:
             if value == run_id:  # a submission (cannot happen: new ids) or a cancel of this run
-                reply.set(error=RunStateError(f"run {run_id} is being driven by another process"))
+                reply.set(error=RunStateError(reason or f"run {run_id} is being driven by another process"))
                 continue
             if isinstance(value, list) and run_id in value:  # resume: report the others
                 value = [v for v in value if v != run_id]

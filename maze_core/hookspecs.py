@@ -40,6 +40,15 @@ def register_schedulers(register: Any) -> None:
 
 
 @hookspec
+def register_config_sections(register: Any) -> None:
+    """Describe the plugin's own sections of config.toml, so that `maze config` shows them with
+    their defaults even when no file sets them.
+
+    Call ``register(name, schema)`` per section: ``schema`` is a pydantic model of the section
+    (validated against the file and ``MAZE_<NAME>_<KEY>`` variables) or a dict of its defaults."""
+
+
+@hookspec
 def register_tools(register: Any) -> None:
     """Hand over ``@task`` functions from a tool package.
 

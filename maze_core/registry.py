@@ -56,6 +56,7 @@ __all__ = [
     "TaskMeta",
     "ToolEntry",
     "ToolRegistry",
+    "derive_meta",
     "discover_tasks",
     "get_meta",
     "get_task",
@@ -77,6 +78,9 @@ Listener = Callable[[str, "ToolEntry"], None]
 _SEED_KEYS = ("name", "description", "input_parameters", "output_parameters", "resources",
               "version", "retries", "timeout")
 _VAR_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+_OPTION_NAMES = ("name", "description", "input_parameters", "output_parameters", "task_type", "cpu_num",
+                 "mem", "gpu_mem", "model_name", "backend", "resources", "version", "retries",
+                 "timeout")  # the keyword arguments of @task
 
 
 def _label(func: Any) -> str:
@@ -134,6 +138,9 @@ class TaskMeta(BaseModel):
         malformed metadata, and ``ResourceError`` when its resources are invalid."""
         raw = getattr(func, "_task_meta", None)
         label = _label(func)
+        if not callable(func):
+            raise TaskDefinitionError(f"{func!r:.60} is a {type(func).__name__}, not a function "
+                                      f"decorated with @task")
         if not isinstance(raw, dict):
             raise TaskDefinitionError(f"function {label!r} is not decorated with @task; "
                                       f"add @task above 'def {getattr(func, '__name__', label)}'")
@@ -394,6 +401,13 @@ def is_task(func: Any) -> bool:
 def get_meta(func: Callable[..., Any]) -> TaskMeta:
     """The validated metadata of a decorated function (``TaskDefinitionError`` otherwise)."""
     return TaskMeta.from_func(func)
+
+
+def derive_meta(func: Callable[..., Any], name: str | None = None) -> TaskMeta:
+    """The metadata a bare ``@task`` (``@task(name=name)`` when ``name`` is given) would give
+    ``func``, without changing ``func``: for plain functions that arrive undecorated, such as the
+    ``serialized_func`` of a raw API client. Raises ``TaskDefinitionError`` as ``@task`` would."""
+    return _build_meta(func, {**dict.fromkeys(_OPTION_NAMES), "name": name})
 
 
 @dataclass(frozen=True, slots=True)

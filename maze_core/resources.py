@@ -13,12 +13,14 @@ import re
 from typing import Any
 
 from .errors import ResourceError
+from .json_limits import text_problem
 
 TASK_TYPES = ("cpu", "gpu", "io")
 IO_CPU_SHARE = 0.1  # an io task holds a tenth of a core: it mostly waits
 MAX_CPU = 1024
 MAX_GPU = 64
 MAX_MEM_MB = 64 * 1024 * 1024  # 64 TiB: anything above is a unit mistake
+MAX_NAME = 256                 # model_name, backend
 
 _ALIASES = {
     "cpu_num": "cpu", "cpus": "cpu", "num_cpus": "cpu",
@@ -37,6 +39,8 @@ def parse_mem_mb(value: Any, what: str = "mem") -> int:
     if isinstance(value, bool):
         raise ResourceError(f"{what}: expected a size such as 512 (MB) or '4G', got {value!r}")
     if isinstance(value, int | float):
+        if not _finite(value):
+            raise ResourceError(f"{what}: must be a non-negative size, got {_short(value)}")
         mb = float(value)
     elif isinstance(value, str):
         m = _MEM_RE.match(value)
@@ -63,13 +67,25 @@ def _number(value: Any, what: str, maximum: float) -> float:
             value = float(value)
         except ValueError:
             raise ResourceError(f"{what}: expected a number, got {value!r}") from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise ResourceError(f"{what}: expected a number, got {value!r}")
+    if not isinstance(value, int | float) or not _finite(value):
+        raise ResourceError(f"{what}: expected a number, got {_short(value)}")
     if value < 0:
         raise ResourceError(f"{what}: must not be negative, got {value!r}")
     if value > maximum:
-        raise ResourceError(f"{what}: {value!r} is more than the maximum {maximum:g}")
+        raise ResourceError(f"{what}: {_short(value)} is more than the maximum {maximum:g}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:          # an int too large for a float
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def normalize(raw: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,7 +124,11 @@ def normalize(raw: dict[str, Any] | None, base: dict[str, Any] | None = None) ->
     mem = parse_mem_mb(merged["mem"], "mem") if merged.get("mem") is not None else 0
     for name in ("model_name", "backend"):
         if merged.get(name) is not None and not isinstance(merged[name], str):
-            raise ResourceError(f"{name}: expected a string, got {merged[name]!r}")
+            raise ResourceError(f"{name}: expected a string, got {_short(merged[name])}")
+        if merged.get(name) is not None and (problem := text_problem(merged[name])):
+            raise ResourceError(f"{name}: {problem}")
+        if merged.get(name) is not None and len(merged[name]) > MAX_NAME:
+            raise ResourceError(f"{name}: longer than {MAX_NAME} characters")
     return {"type": kind, "cpu": cpu, "mem": mem, "gpu": gpu, "gpu_mem": gpu_mem,
             "model_name": merged.get("model_name"), "backend": merged.get("backend")}
 

@@ -8,13 +8,18 @@ the new folder).
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
+import os
 import re
+import shlex
+import shutil
+import sys
 from pathlib import Path
 
 from .errors import MazeError
 
-__all__ = ["ScaffoldError", "check_name", "scaffold_tool_package"]
+__all__ = ["ScaffoldError", "check_name", "next_steps", "scaffold_tool_package"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 MAX_NAME = 40
@@ -156,11 +161,15 @@ _README = '''\
 
 Maze tools: {short}.
 
+In this folder, with the `python` that runs Maze (the one of its venv: it has Maze and pytest):
+
 ```bash
 python -m pytest              # the package's tests (no install needed)
-pip install -e .              # install it next to Maze
-maze tools reload             # its tools appear in `maze tools` (a running server: POST /tools/reload)
+python -m pip install -e .    # install it next to Maze
 ```
+
+Then `maze tools reload` in your Maze project's folder (a running server: `POST /tools/reload`)
+shows its tools in `maze tools`.
 
 Add tools as `@task` functions in `{module}/__init__.py` and list them in `TOOLS`. Give each a
 `version` (shown as `name@version`; every run records the version of each tool it used) and a
@@ -191,3 +200,46 @@ def scaffold_tool_package(name: str, parent: str | Path = ".", force: bool = Fal
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template.format(**fields), encoding="utf-8")
     return target
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` as a shell word that names it from the current folder: relative when it lies below
+    the current folder (with ``./`` in front where it has no ``/``, so that the shell and pip read it
+    as a path, not a command or a project name), else absolute. Symbolic links are kept: a venv's
+    ``bin/python`` is a link to an interpreter that knows nothing of the venv."""
+    path = os.path.abspath(path)
+    relative = os.path.relpath(path)
+    if relative == ".." or relative.startswith(".." + os.sep):
+        return shlex.quote(path)
+    return shlex.quote(relative if os.sep in relative else f".{os.sep}{relative}")
+
+
+def _command(program: str, path: str | Path) -> str:
+    """``program`` when that name on PATH is ``path`` itself, else ``path`` as :func:`_shown`."""
+    found = shutil.which(program)
+    if found and os.path.abspath(found) == os.path.abspath(path):
+        return program
+    return _shown(path)
+
+
+def next_steps(target: str | Path, python: str | None = None, maze: str | None = None,
+               has_pytest: bool | None = None) -> list[tuple[str, str]]:
+    """What to type after ``maze tools new``, as ``(command, comment)`` pairs: test the package, install
+    it, reload Maze's tools. Each command works as typed, in order, from the folder ``maze tools new``
+    ran in: no ``cd`` (``maze tools reload`` reads ``./config.toml``, so it belongs in that folder),
+    the package named by its path from there, and Python named as the interpreter that runs Maze
+    (a bare ``python`` may be another one, without Maze or pytest), unless ``python`` on PATH is
+    that one. ``pip install pytest`` comes first only where that interpreter has no pytest."""
+    python = python or (_command("python", sys.executable) if sys.executable else "python3")
+    if maze is None:
+        script = Path(sys.executable).with_name("maze")
+        maze = _command("maze", script) if script.is_file() else f"{python} -m maze_core.cli"
+    if has_pytest is None:
+        has_pytest = importlib.util.find_spec("pytest") is not None
+    package = _shown(target)
+    steps = [] if has_pytest else [(f"{python} -m pip install pytest", "pytest, to run the tests")]
+    return steps + [
+        (f"{python} -m pytest {package}", "its tests pass as they are (no install needed)"),
+        (f"{python} -m pip install -e {package}", "install it next to Maze"),
+        (f"{maze} tools reload", "its tools appear in `maze tools`"),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -128,6 +129,7 @@ def test_sigkill_mid_workflow_then_resume_finishes_without_rerunning(tmp_path, c
 
 BACKOFF_WORKFLOW = """
 import os
+import re
 from pathlib import Path
 from maze_core import DAG, task
 
@@ -279,7 +281,7 @@ def test_plugins_lists_default_plugins_with_their_hooks(tmp_path, cli_env):
     plugins = {p["name"]: p for p in json.loads(out.stdout)}
     assert plugins["sqlite"]["hooks"] == ["register_stores"]
     assert plugins["local"]["hooks"] == ["register_executors"]
-    assert plugins["daps"]["hooks"] == ["register_schedulers"]
+    assert plugins["daps"]["hooks"] == ["register_config_sections", "register_schedulers"]
     assert plugins["sqlite"]["package"] == "maze-framework"
     only = maze("plugins", "--json", env={**cli_env, "MAZE_LOAD_PLUGINS": "sqlite"}, cwd=tmp_path)
     assert [p["name"] for p in json.loads(only.stdout)] == ["sqlite"]
@@ -307,3 +309,179 @@ def test_tools_lists_tools_from_a_configured_folder(tmp_path, cli_env):
     (tools / "greet.py").unlink()
     maze("tools", "--json", env=env, cwd=tmp_path)
     assert [e.type for e in store.read_stream("tool:greet")] == ["ToolRegistered", "ToolRemoved"]
+
+
+# ---------------------------------------------------------------------------- first contact (issue 10)
+FIRST_CONTACT_WORKFLOW = """
+from maze_core import DAG, task
+
+@task
+def tiny() -> dict:
+    return {"ok": True}
+
+@task
+def broken(flag: bool) -> dict:
+    raise RuntimeError("\\x1b[31mdisk\\x1b[0m on fire")
+
+@task
+def needs_a_module() -> dict:
+    import notamodule_xyz_123
+    return {}
+
+dag = DAG("first-contact")
+a = dag.add_task(tiny)
+b = dag.add_task(broken, inputs={"flag": a.output.ok})
+c = dag.add_task(needs_a_module)
+"""
+
+
+@pytest.fixture
+def failed_run(tmp_path, cli_env) -> str:
+    (tmp_path / "wf.py").write_text(FIRST_CONTACT_WORKFLOW)
+    out = maze("run", "wf.py", "--json", env=cli_env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    return json.loads(out.stdout)["run_id"]
+
+
+def test_runs_show_explains_each_failure_with_the_users_traceback(tmp_path, cli_env, failed_run):
+    shown = maze("runs", "show", failed_run[:8], env=cli_env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "\x1b" not in out                                    # no colour codes, in the table or below
+    wf = str(tmp_path / "wf.py")
+    assert f'File "{wf}", line 10, in broken' in out and 'raise RuntimeError(' in out
+    assert f'File "{wf}", line 14, in needs_a_module' in out
+    assert "maze_local" not in out                             # the runner's frames are left out
+    hints = [line for line in out.splitlines() if "hint:" in line]
+    assert len(hints) == 1 and "'notamodule_xyz_123'" in hints[0] and "where the workers run" in hints[0]
+    table_rows = [line for line in out.splitlines() if line.startswith("│ t")]
+    assert any("RuntimeError: disk on fire" in row for row in table_rows)
+
+    tasks = json.loads(maze("runs", "show", failed_run, "--json", env=cli_env, cwd=tmp_path).stdout)["tasks"]
+    assert f'File "{wf}", line 10, in broken' in tasks["t2"]["traceback"] and "hint" not in tasks["t2"]
+    assert "No module named 'notamodule_xyz_123'" in tasks["t3"]["traceback"]
+    assert "'notamodule_xyz_123'" in tasks["t3"]["hint"]
+    assert "traceback" not in tasks["t1"]
+
+
+def test_durations_of_tiny_tasks_show_in_milliseconds(tmp_path, cli_env, failed_run):
+    out = maze("runs", "show", failed_run, env=cli_env, cwd=tmp_path).stdout
+    row = next(line for line in out.splitlines() if line.startswith("│ t1"))
+    cells = [cell.strip() for cell in row.strip("│").split("│")]
+    assert re.fullmatch(r"\d+(\.\d+)? ms", cells[4]), row          # e.g. 0.04 ms, not 0.000
+    assert "0.000" not in out
+
+
+def test_output_to_a_pipe_is_not_cut_at_80_columns(tmp_path, cli_env, failed_run):
+    env = {**cli_env, "COLUMNS": "80"}
+    listing = maze("runs", env=env, cwd=tmp_path)
+    assert failed_run in listing.stdout                          # the whole run id, on one line
+    shown = maze("runs", "show", failed_run, env=env, cwd=tmp_path).stdout
+    assert "No module named 'notamodule_xyz_123'" in next(
+        line for line in shown.splitlines() if line.startswith("│ t3"))
+
+
+def test_events_table_has_a_header_row(tmp_path, cli_env, failed_run):
+    lines = maze("events", failed_run, env=cli_env, cwd=tmp_path).stdout.splitlines()
+    assert lines[0].split() == ["seq", "version", "time", "type", "data"]
+    assert "RunSubmitted" in lines[1]
+    as_json = maze("events", failed_run, "--json", env=cli_env, cwd=tmp_path).stdout.splitlines()
+    assert json.loads(as_json[0])["type"] == "RunSubmitted"     # --json: one event per line, no header
+
+
+def test_runs_help_shows_the_listing_filters_and_show(tmp_path, cli_env):
+    out = maze("runs", "--help", env=cli_env, cwd=tmp_path)
+    assert out.returncode == 0
+    for option in ("--status", "--name", "--limit", "--offset", "--json"):
+        assert option in out.stdout, option
+    assert re.search(r"^\s+show\s", out.stdout, re.M)
+    events_help = maze("events", "--help", env=cli_env, cwd=tmp_path).stdout
+    assert "--json" in events_help and "verify" in events_help
+
+
+def test_resume_with_nothing_to_resume_starts_no_engine(tmp_path, cli_env):
+    from maze_sqlite.store import SqliteStore
+    env = {**cli_env, "MAZE_ENGINE_EXECUTOR": "ray"}     # the default executor: Ray takes seconds to start
+    for store in ("none yet", "empty"):
+        if store == "empty":
+            (tmp_path / "data").mkdir()
+            SqliteStore(tmp_path / "data" / "maze.db").close()
+        started = time.monotonic()
+        out = maze("resume", env=env, cwd=tmp_path)
+        took = time.monotonic() - started
+        assert out.returncode == 0, out.stderr
+        assert "nothing to resume" in out.stdout
+        assert took < 3, f"maze resume took {took:.1f} s with nothing to resume ({store})"
+        if store == "none yet":
+            assert not (tmp_path / "data").exists()       # looking creates no store
+
+
+def test_resume_leaves_a_run_its_live_process_drives_without_starting_an_engine(tmp_path, cli_env):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "wf.py").write_text(WORKFLOW)
+    env = {**cli_env, "MARKS": str(marks)}
+    proc = start_run_until(marks / "gate", "wf.py", env, tmp_path)
+    try:
+        started = time.monotonic()
+        out = maze("resume", env={**env, "MAZE_ENGINE_EXECUTOR": "ray"}, cwd=tmp_path)
+        took = time.monotonic() - started
+        assert out.returncode == 1 and "nothing to resume" in out.stdout
+        assert f"process {proc.pid} on this host is still driving it" in out.stderr
+        assert took < 3, f"maze resume took {took:.1f} s"
+    finally:
+        (marks / "open").write_text("")
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_runs_names_a_store_that_is_not_the_usual_one(tmp_path, cli_env, failed_run):
+    out = maze("runs", env=cli_env, cwd=tmp_path)        # cli_env: MAZE_PATHS_DATA_DIR elsewhere
+    assert out.returncode == 0
+    assert out.stderr.strip().splitlines() == [f"store: {tmp_path / 'data' / 'maze.db'}"]
+    assert failed_run in out.stdout
+
+
+def test_runs_in_an_empty_folder_says_where_it_looked(tmp_path, cli_env):
+    usual = {k: v for k, v in cli_env.items() if k != "MAZE_PATHS_DATA_DIR"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = maze("runs", env=usual, cwd=elsewhere)
+    assert out.returncode == 0
+    assert f"no runs recorded in {elsewhere / '.maze' / 'maze.db'}" in out.stderr
+    assert ".maze/" in out.stderr and "MAZE_PATHS_DATA_DIR" in out.stderr
+    assert not (elsewhere / ".maze").exists()             # looking creates no store
+    as_json = maze("runs", "--json", env=usual, cwd=elsewhere)
+    assert json.loads(as_json.stdout) == {"total": 0, "runs": []}
+    # the usual store, with runs: nothing more is said
+    (elsewhere / "wf.py").write_text(FIRST_CONTACT_WORKFLOW)
+    assert maze("run", "wf.py", "--json", env=usual, cwd=elsewhere).returncode == 1
+    listed = maze("runs", env=usual, cwd=elsewhere)
+    assert listed.returncode == 0 and listed.stderr == "" and "1 of 1 runs" in listed.stdout
+
+
+def test_config_shows_every_section_with_defaults_without_a_file(tmp_path, cli_env):
+    out = maze("config", env=cli_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["source"] is None
+    for section in ("server", "paths", "engine", "local", "sqlite", "tools", "logging", "ray", "daps"):
+        assert section in shown, section
+    assert shown["ray"]["address"] == "" and shown["ray"]["fuse"] is True
+    assert shown["daps"] == {"aging": 0.5, "alpha": 0.3, "default_s": 1.0}
+    overridden = json.loads(maze("config", env={**cli_env, "MAZE_RAY_PREFETCH": "4"}, cwd=tmp_path).stdout)
+    assert overridden["ray"]["prefetch"] == 4.0 and overridden["ray"]["namespace"] == "maze"
+    bad = maze("config", env={**cli_env, "MAZE_RAY_PREFETCH": "many"}, cwd=tmp_path)
+    assert bad.returncode == 2 and "[ray] prefetch" in bad.stderr
+
+
+def test_cluster_without_a_cluster_shows_this_machine(tmp_path, cli_env):
+    out = maze("cluster", env=cli_env, cwd=tmp_path)
+    if out.returncode == 0 and "node(s)" in out.stdout:
+        pytest.skip("a Ray cluster is running on this machine (another test session's)")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no Ray cluster is running here" in out.stdout
+    assert f"{len(os.sched_getaffinity(0))} CPUs" in out.stdout and " MB memory" in out.stdout
+    assert "maze start --head" in out.stdout
+    as_json = json.loads(maze("cluster", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert as_json["cluster"] is None and as_json["this_machine"]["cpu"] == len(os.sched_getaffinity(0))

@@ -207,13 +207,16 @@ def test_self_dependency_is_a_cycle():
 
 
 def test_validate_collects_every_problem():
-    dag = DAG("many")
-    t1 = dag.add_task(add, inputs={"a": 1})
-    dag.add_task(add, inputs={"a": t1.output.total, "c": 3})          # undeclared key, unknown input
-    dag.add_task(add, inputs={"b": 2})                                # missing required input
-    dag.add_task(typed, inputs={"src": 5, "flag": "yes", "ratio": True})   # three type mismatches
-    dag.add_task(add, inputs={"a": True})                             # bool is not an integer
-    problems = problems_of(dag)
+    tools = ToolRegistry()
+    tools.register_task(add)
+    tools.register_task(typed)
+    dag = DAG("many", registry=ToolRegistry())   # tools named here are bound by validate(registry=)
+    t1 = dag.add_task("add", inputs={"a": 1})
+    dag.add_task("add", inputs={"a": t1.output.total, "c": 3})        # undeclared key, unknown input
+    dag.add_task("add", inputs={"b": 2})                              # missing required input
+    dag.add_task("typed", inputs={"src": 5, "flag": "yes", "ratio": True})   # three type mismatches
+    dag.add_task("add", inputs={"a": True})                           # bool is not an integer
+    problems = problems_of(dag, registry=tools)
     assert problems == [
         "input 'a' of task t2 references key 'total' ('t1.output.total') that task t1 (add) does not "
         "declare; declared: sum",
@@ -225,7 +228,7 @@ def test_validate_collects_every_problem():
         "input 'a' of task t5 (add) must be integer, got bool True",
     ]
     with pytest.raises(DAGValidationError, match=r"DAG 'many' is invalid \(7 problems\)"):
-        dag.validate()
+        dag.validate(registry=tools)
 
 
 def test_schema_types_that_do_match_pass():
@@ -406,3 +409,169 @@ def test_visualize(tmp_path):
         target = tmp_path / "dag.png"
         dag.visualize(str(target))
         assert target.stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------- every problem at once
+
+
+def test_add_task_reports_every_problem_at_once():
+    dag = DAG()
+    t1 = dag.add_task(add, inputs={"a": 1})
+    with pytest.raises(DAGValidationError) as info:
+        dag.add_task(typed, inputs={"src": 5, "flag": "t7.output.x", "ratio": "t8.output", "c": 1,
+                                    "d": t1.output.sum}, retries=-1, resources={"gpu": -1})
+    assert info.value.problems == [
+        "task t2 (typed): gpu: must not be negative, got -1",
+        "input 'flag' of task t2 references unknown task 't7' ('t7.output.x')",
+        "input 'ratio' of task t2 references unknown task 't8' ('t8.output')",
+        "task t2 (typed) has unknown input 'c'; it takes: flag, ratio, src",
+        "task t2 (typed) has unknown input 'd'; it takes: flag, ratio, src",
+        "input 'src' of task t2 (typed) must be filepath, got int 5",
+        "task t2: retries must be a whole number >= 0, got -1",
+    ]
+    assert str(info.value).startswith("task t2 is invalid (7 problems): task t2 (typed): gpu")
+    assert list(dag.tasks) == ["t1"]
+
+
+def test_add_task_lists_an_undecorated_function_with_the_other_problems():
+    def plain(x: int) -> int:
+        return x
+
+    with pytest.raises(DAGValidationError) as info:
+        DAG().add_task(plain, inputs={"x": "t3.output"}, timeout=-5)
+    assert len(info.value.problems) == 3
+    assert "plain' is not decorated with @task" in info.value.problems[0]
+    assert "references unknown task 't3'" in info.value.problems[1]
+    assert "timeout must be a number of seconds > 0" in info.value.problems[2]
+
+
+# ---------------------------------------------------------------------------- tools by name
+
+
+def test_add_task_by_tool_name_binds_the_registered_tool_and_travels_by_name():
+    tools = ToolRegistry()
+    tools.register_task(add)
+    dag = DAG("named", registry=tools)
+    t1 = dag.add_task("add", inputs={"a": 1}, resources={"cpu": 2}, retries=3)
+    node = dag.tasks[t1]
+    assert node.func is add and node.func_name == "add" and node.resources["cpu"] == 2
+    assert node.meta.output_parameters == {"sum": {"type": "integer"}}
+    dag.add_task(summarize, inputs={"text": "x"})
+    with pytest.raises(DAGValidationError, match=r"task t3 \(add\) has unknown input 'zz'"):
+        dag.add_task("add", inputs={"a": 1, "zz": 2})   # the bound tool's schema is checked at once
+    dag.validate()
+    payload = json.loads(json.dumps(dag.to_wire()))
+    assert payload["tasks"]["t1"] == {"func_name": "add", "serialized_func": "", "dependencies": [],
+                                      "inputs": {"a": 1}, "task_name": None, "resources": {"cpu": 2},
+                                      "retries": 3, "timeout": None}
+    assert payload["tasks"]["t2"]["serialized_func"]   # a function still travels as code
+    again = DAG.from_wire(payload, registry=tools)
+    assert again.tasks["t1"].func is add and again.tasks["t1"].retries == 3
+    assert again.to_wire()["tasks"]["t1"] == payload["tasks"]["t1"]
+
+
+def test_a_tool_name_unknown_when_building_is_bound_by_whoever_runs_the_dag():
+    @task(name="word_count", resources={"gpu": 1})
+    def word_count(text: str) -> dict:
+        return {"words": len(text.split())}
+
+    dag = DAG("for-a-server", registry=ToolRegistry())   # a client without the server's tools
+    t1 = dag.add_task("word_count", inputs={"text": "a b c"}, resources={"mem": "1G"})
+    assert dag.tasks[t1].func is None
+    assert dag.to_wire()["tasks"]["t1"]["resources"] == {"mem": "1G"}   # only what was asked
+    assert problems_of(dag) == ["task t1 uses unknown tool 'word_count': no tools are registered"]
+    server = ToolRegistry()
+    server.register_task(word_count)
+    dag.validate(registry=server)
+    node = dag.tasks[t1]
+    assert node.func is word_count and node.meta.required_inputs == ("text",)
+    assert (node.resources["gpu"], node.resources["mem"]) == (1, 1024)   # the tool's, then the override
+    on_server = DAG.from_wire(json.loads(json.dumps(dag.to_wire())), registry=server)
+    assert on_server.tasks["t1"].func is word_count and on_server.tasks["t1"].resources["mem"] == 1024
+
+
+def test_an_unknown_tool_name_lists_close_matches():
+    tools = ToolRegistry()
+    for name in ("word_count", "word_counter", "text_chunk"):
+        tools.register_task(task(name=name)(lambda text: {}))
+    dag = DAG(registry=tools)
+    dag.add_task("Word_Cuont", inputs={"text": "x"})
+    dag.add_task("summarise_pdf")
+    assert problems_of(dag) == [
+        "task t1 uses unknown tool 'Word_Cuont': did you mean 'word_count' or 'word_counter'?",
+        "task t2 uses unknown tool 'summarise_pdf': the registered tools are text_chunk, word_count, "
+        "word_counter"]
+    payload = {"tasks": {"t1": {"func_name": "text_chunks", "serialized_func": ""}}}
+    with pytest.raises(DAGValidationError, match="unknown tool 'text_chunks': did you mean 'text_chunk'"):
+        DAG.from_wire(payload, registry=tools)
+    with pytest.raises(TaskDefinitionError, match="the tool name is empty"):
+        dag.add_task("  ")
+
+
+def test_add_task_by_name_runs_on_the_engine_of_maze_run(config):
+    """``maze run`` imports the workflow file before its engine loads the installed tools into
+    the global registry: the name is bound when the engine validates the DAG."""
+    from maze_core import events as ev
+    from maze_core.engine import Engine
+    from maze_core.registry import task_registry
+
+    @task(name="test_dag_shout", version="1.2.0")
+    def shout(text: str) -> dict:
+        return {"loud": text.upper()}
+
+    dag = DAG("by-name")
+    t1 = dag.add_task("test_dag_shout", inputs={"text": "hi"})
+    dag.add_task(summarize, inputs={"text": t1.output.loud})
+    assert dag.tasks[t1].func is None
+    task_registry.register_task(shout, source="package:test")
+    try:
+        with Engine.from_config(config, registry=task_registry) as engine:
+            run_id = engine.submit(dag)
+            assert engine.wait(run_id, timeout=30)["status"] == "succeeded"
+            assert engine.result(run_id, "t2") == {"summary": "HI"}
+            spec = engine.store.read_stream(ev.run_stream(run_id))[0].data["tasks"]["t1"]
+            assert (spec["func_ref"], spec["tool_version"]) == (None, "1.2.0")   # recorded by name
+    finally:
+        task_registry.unregister("test_dag_shout")
+
+
+def test_non_callables_are_named_plainly():
+    with pytest.raises(TaskDefinitionError) as info:
+        DAG().add_task(42, inputs={"x": 1})
+    assert str(info.value) == "task t1: add_task takes a @task function or the name of a tool, got int 42"
+    with pytest.raises(TaskDefinitionError) as info:
+        ToolRegistry().register_task("word_count")
+    assert str(info.value) == "'word_count' is a str, not a function decorated with @task"
+
+
+# ---------------------------------------------------------------------------- plain functions on the wire
+
+
+def foreign(source: str, name: str):
+    """A function defined as a raw API client's script would: in a module this process cannot
+    import, so that cloudpickle ships it by value and it arrives without any @task."""
+    namespace: dict = {"__name__": "raw_client_script"}
+    exec(source, namespace)
+    return namespace[name]
+
+
+def test_from_wire_gives_a_plain_function_the_metadata_of_a_bare_task():
+    double = foreign("def double(x: int, scale: int = 2) -> dict:\n"
+                     "    'Double x.'\n    return {'y': x * scale}\n", "double")
+    payload = {"tasks": {"t1": {"func_name": "doubler", "serialized_func": _b64(double),
+                                "dependencies": [], "inputs": {"x": 4}, "resources": {"mem": "1G"}},
+                         "t2": {"serialized_func": _b64(double), "inputs": {"x": "t1.output.y"}}}}
+    dag = DAG.from_wire(json.loads(json.dumps(payload)), registry=ToolRegistry())
+    t1, t2 = dag.tasks["t1"], dag.tasks["t2"]
+    assert (t1.func_name, t2.func_name) == ("doubler", "double")   # func_name, else its own name
+    assert t1.meta.description == "Double x."
+    assert t1.meta.input_parameters == {"x": {"type": "integer"}, "scale": {"type": "integer", "default": 2}}
+    assert t1.meta.required_inputs == ("x",) and t1.resources["mem"] == 1024
+    assert not hasattr(t1.func, "_task_meta") and t1.func(x=4) == {"y": 8}
+    assert t2.dependencies == ["t1"]
+    dag.validate()
+    payload["tasks"]["t1"]["inputs"] = {"x": "four", "z": 1}
+    with pytest.raises(DAGValidationError) as info:
+        DAG.from_wire(payload, registry=ToolRegistry())
+    assert info.value.problems == ["task t1 (doubler) has unknown input 'z'; it takes: scale, x",
+                                   "input 'x' of task t1 (doubler) must be integer, got str 'four'"]

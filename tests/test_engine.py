@@ -330,7 +330,7 @@ def test_resume_after_an_engine_stopped_midway_does_not_rerun_finished_tasks(con
 
 def test_every_event_matches_its_model(engine):
     from maze_core.demo import build_demo_dag
-    run_id = engine.submit(build_demo_dag(key="models"))
+    run_id = engine.submit(build_demo_dag())
     assert engine.wait(run_id, timeout=30)["status"] == "succeeded"
     for event in events_of(engine, run_id):
         ev.validate_event(event.type, event.data)
@@ -691,7 +691,7 @@ def test_progress_bar_follows_the_run(engine):
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100)
     with RunProgress(engine, enabled=True, console=console) as bar:
-        run_id = engine.submit(build_demo_dag(key="progress"))
+        run_id = engine.submit(build_demo_dag())
         engine.wait(run_id, timeout=30)
         _wait_for(lambda: bar._done[run_id] == 10)
     text = out.getvalue()

@@ -11,7 +11,7 @@ from maze_core.errors import PluginError
 def test_every_hookspec_has_a_docstring():
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "on_"))]
     assert set(names) == {"register_stores", "register_executors", "register_schedulers",
-                          "register_tools", "on_event", "register_routes", "register_commands"}
+                          "register_config_sections", "register_tools", "on_event", "register_routes", "register_commands"}
     for name in names:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), name
 

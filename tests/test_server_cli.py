@@ -95,7 +95,10 @@ def test_start_serves_and_stop_stops(env):
     @task
     def double(x: int) -> dict:   # local: shipped by value, as a user's script function is
         import os
-        return {"y": 2 * x, "tokens_in_env": "MAZE_SERVER_TOKENS" in os.environ}
+        with open(f"/proc/{os.getpid()}/environ", "rb") as fh:   # what the process started with
+            started_with = fh.read()
+        return {"y": 2 * x, "tokens_in_env": "MAZE_SERVER_TOKENS" in os.environ,
+                "token_in_proc_environ": TOKEN.encode() in started_with}
 
     proc, info = start(env)
     try:
@@ -110,7 +113,10 @@ def test_start_serves_and_stop_stops(env):
         assert wait_status(url, run_id)["status"] == "succeeded"
         result = httpx.post(url + "/get/", json={"run_id": run_id, "task_id": t1},
                             headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        assert result["data"] == {"y": 42, "tokens_in_env": False}   # what tasks (and workers) see
+        # what tasks (and workers) see: no token, not even in the environment the server started with
+        assert result["data"] == {"y": 42, "tokens_in_env": False, "token_in_proc_environ": False}
+        with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+            assert TOKEN.encode() not in fh.read()
         again = maze(env, "start", "--port", "0")
         assert again.returncode == 1 and "already running" in again.stderr
         stopped = maze(env, "stop")

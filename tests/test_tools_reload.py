@@ -3,17 +3,23 @@
 seed 003's fail-safe rules, and records every change as an event.
 
 Packages land in a private site folder put on ``sys.path``: once through a real ``pip install
---target`` of a scaffolded package, otherwise as hand-written ``*.dist-info`` folders (what pip
-writes), which is quicker and lets a test break a package on purpose."""
+--target`` of a scaffolded package (built into a wheel here, with zipfile: no build backend, so the
+test does not depend on the setuptools or wheel that the venv happens to hold), otherwise as
+hand-written ``*.dist-info`` folders (what pip writes), which is quicker and lets a test break a
+package on purpose."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,6 +83,40 @@ def install(site: Path, short: str, version: str, body: str, extra_files: dict[s
     (info / "RECORD").write_text("\n".join(records) + "\n")
 
 
+def build_wheel(package: Path, out: Path) -> Path:
+    """A pure-Python wheel of ``package`` (a scaffolded source folder), written with zipfile.
+
+    ``pip install --no-build-isolation`` of the source folder would need the venv's own setuptools to
+    build it: a fresh ``python3.11 -m venv`` has setuptools 65.5 and no ``wheel`` ("invalid command
+    'bdist_wheel'"). A wheel is only a zip of the package's files plus its ``.dist-info`` (METADATA,
+    WHEEL, entry_points.txt, RECORD), which pip installs with no backend and no network."""
+    pyproject = tomllib.loads((package / "pyproject.toml").read_text())
+    project, modules = pyproject["project"], pyproject["tool"]["setuptools"]["packages"]
+    dist = project["name"].replace("-", "_")
+    info = f"{dist}-{project['version']}.dist-info"
+    files: dict[str, bytes] = {}
+    for module in modules:
+        for path in sorted((package / module).rglob("*.py")):
+            files[path.relative_to(package).as_posix()] = path.read_bytes()
+    files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                 f"Version: {project['version']}\n").encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: maze-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entry_points = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items())
+                           for group, points in project.get("entry-points", {}).items())
+    files[f"{info}/entry_points.txt"] = entry_points.encode()
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    files[f"{info}/RECORD"] = ("\n".join(record + [f"{info}/RECORD,,"]) + "\n").encode()
+    out.mkdir(parents=True, exist_ok=True)
+    wheel = out / f"{dist}-{project['version']}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return wheel
+
+
 def uninstall(site: Path, short: str) -> None:
     for path in site.glob(f"maze_tool_{short}*"):
         shutil.rmtree(path)
@@ -112,8 +152,9 @@ def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it
     reload_tools(config, registry, store, actor="test")
     assert "reloadprobe_word_count" not in registry
     package = scaffold_tool_package("reloadprobe", tmp_path / "src")
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--target", str(site_dir), str(package)],
+    wheel = build_wheel(package, tmp_path / "dist")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                          "--disable-pip-version-check", "--target", str(site_dir), str(wheel)],
                          capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr
     assert list(site_dir.glob("maze_tool_reloadprobe-0.1.0.dist-info"))

@@ -42,7 +42,10 @@ MULTIPART_SUBMIT = {"requestBody": {"required": True, "content": {"multipart/for
         "workflow_payload": {"type": "string", "format": "binary",
                              "description": 'JSON: {"name": ..., "tasks": {"t1": {"func_name", '
                                             '"serialized_func", "dependencies", "inputs", ...}}} '
-                                            "(DAG.to_wire); a file or a plain field"},
+                                            "(DAG.to_wire); a file or a plain field. serialized_func: "
+                                            "base64 of cloudpickle.dumps(function), with or without "
+                                            "@task (a plain function is named func_name), or empty "
+                                            "to run the server's tool func_name"},
         "project_archive": {"type": "string", "format": "binary",
                             "description": "ZIP of the project, extracted into the run folder"},
         "name": {"type": "string", "description": "run name (default: the workflow's name)"}}}}}}}

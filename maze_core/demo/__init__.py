@@ -8,11 +8,11 @@ a merge step gathers every analysis (fan-in), and a final task writes the summar
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 
 from maze_core.dag import DAG
 from maze_core.registry import task
+from maze_core.task_context import current_task
 
 CORPUS = [
     "Maze runs workflows of Python functions as a DAG of tasks.",
@@ -22,10 +22,6 @@ CORPUS = [
     "Tools arrive as plugins: pip install a package and its tasks appear.",
     "Agents chain language models, retrieval and code into workflows.",
 ]
-
-_attempts: Counter[str] = Counter()
-_attempts_lock = threading.Lock()
-
 
 @task(name="demo_load_corpus", description="Load the demo corpus")
 def load_corpus(limit: int = 6) -> dict:
@@ -41,10 +37,8 @@ def analyze(text: str, index: int) -> dict:
 
 @task(name="demo_enrich", description="A flaky enrichment step: fails once, then succeeds",
       retries=2)
-def enrich(text: str, key: str) -> dict:
-    with _attempts_lock:
-        _attempts[key] += 1
-        attempt = _attempts[key]
+def enrich(text: str) -> dict:
+    attempt = current_task().attempt     # the engine's count: the same in every worker process
     if attempt == 1:
         raise ConnectionError("enrichment service unavailable (first attempt always fails)")
     return {"keywords": sorted({w for w in re.findall(r"[A-Za-z]+", text) if w[0].isupper()}),
@@ -66,14 +60,14 @@ def summarize(stats: dict) -> dict:
     return {"summary": text}
 
 
-def build_demo_dag(key: str = "demo") -> DAG:
-    """The demo DAG. ``key`` scopes the flaky task's attempt counter (one per run)."""
+def build_demo_dag() -> DAG:
+    """The demo DAG."""
     dag = DAG("maze-demo")
     corpus = dag.add_task(load_corpus, inputs={"limit": len(CORPUS)})
     analyses = [dag.add_task(analyze, task_name=f"analyze[{i}]",
                              inputs={"text": corpus.output.documents[i], "index": i})
                 for i in range(len(CORPUS))]
-    enriched = dag.add_task(enrich, inputs={"text": corpus.output.documents[0], "key": key})
+    enriched = dag.add_task(enrich, inputs={"text": corpus.output.documents[0]})
     merged = dag.add_task(merge, inputs={"analyses": [a.output for a in analyses],
                                          "enrichment": enriched.output})
     dag.add_task(summarize, inputs={"stats": merged.output})

@@ -43,6 +43,12 @@ def _boom(message: str) -> None:
     raise ValueError(message)
 
 
+def _whoami() -> dict:
+    from maze_core.task_context import current_task
+    ctx = current_task()
+    return {"run_id": ctx.run_id, "task_id": ctx.task_id, "attempt": ctx.attempt}
+
+
 def _wait_for_file(release: str, marker: str = "", limit: float = 60.0) -> dict:
     """Block until the test creates ``release`` (at most ``limit`` seconds), then write ``marker``."""
     start = time.time()
@@ -171,6 +177,13 @@ class ExecutorContract:
         assert value_of(updates[-1]) == {"sum": 5}
         assert updates[-1].attempt == 1 and updates[-1].run_id == "run-contract"
         assert updates[-1].duration_s is not None and updates[-1].duration_s >= 0
+
+    def test_body_sees_its_attempt_as_current_task(self, started):
+        executor, collector = started
+        self._run(executor, _invocation("who", _whoami, {}, attempt=3))
+        end = collector.until_end("who")[-1]
+        assert end.kind == "succeeded", end.error
+        assert value_of(end) == {"run_id": "run-contract", "task_id": "who", "attempt": 3}
 
     def test_failure_carries_error_and_traceback(self, started):
         executor, collector = started

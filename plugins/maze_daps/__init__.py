@@ -10,12 +10,22 @@ Both pass over a task that does not fit the executor now for one that does (back
 of each new duration) tune the policy.
 """
 
+from pydantic import BaseModel
+
 from maze_core import hookimpl
 
 from .daps import DapsScheduler, DurationModel
 from .fifo import FifoScheduler
 
 __all__ = ["DapsScheduler", "DurationModel", "FifoScheduler"]
+
+
+class DapsConfig(BaseModel):
+    """``[daps]``: ageing credit (s of work per s waited), EWMA weight, first guess (s)."""
+
+    aging: float = 0.5
+    alpha: float = 0.3
+    default_s: float = 1.0
 
 
 def _daps(config):
@@ -25,10 +35,17 @@ def _daps(config):
     if unknown:
         raise ConfigError(f"[daps]: unknown keys {', '.join(sorted(unknown))}; known: aging, alpha, default_s")
     try:
-        return DapsScheduler(aging=float(section.get("aging", 0.5)), alpha=float(section.get("alpha", 0.3)),
-                             default_s=float(section.get("default_s", 1.0)))
+        defaults = DapsConfig()
+        return DapsScheduler(aging=float(section.get("aging", defaults.aging)),
+                             alpha=float(section.get("alpha", defaults.alpha)),
+                             default_s=float(section.get("default_s", defaults.default_s)))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[daps]: {exc}") from None
+
+
+@hookimpl
+def register_config_sections(register):
+    register("daps", DapsConfig)
 
 
 @hookimpl

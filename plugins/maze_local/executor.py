@@ -40,6 +40,7 @@ import structlog
 
 from maze_core.executor import Executor, Invocation, Report, TaskUpdate
 from maze_core.resources import IO_CPU_SHARE
+from maze_core.task_context import TaskContext, running
 
 log = structlog.get_logger(__name__)
 
@@ -264,7 +265,8 @@ class LocalExecutor(Executor):
         start = time.perf_counter()
         try:
             # logs a task writes through structlog carry its run and task ids
-            with structlog.contextvars.bound_contextvars(run_id=inv.run_id, task_id=inv.task_id):
+            with structlog.contextvars.bound_contextvars(run_id=inv.run_id, task_id=inv.task_id), \
+                    running(TaskContext(inv.run_id, inv.task_id, inv.attempt, inv.cwd)):
                 value = inv.func(**inv.kwargs)
         except BaseException as exc:  # report every failure, even SystemExit from a task
             return _Outcome("failed", error=_describe(exc), traceback=traceback.format_exc(),

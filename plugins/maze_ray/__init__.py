@@ -17,6 +17,11 @@ def register_executors(register):
 
 
 @hookimpl
+def register_config_sections(register):
+    register("ray", RayConfig)
+
+
+@hookimpl
 def register_commands(cli):
     from .commands import cluster_cmd, worker_cmd
     cli.add_command(worker_cmd)

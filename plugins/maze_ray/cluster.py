@@ -110,3 +110,101 @@ def start_worker(address: str, *, num_cpus: float | None = None, num_gpus: int |
 def stop_ray() -> None:
     """Stop every Ray node started on this machine (``ray stop``)."""
     _run(["stop"])
+
+
+# ---------------------------------------------------------------------------- no cluster: this machine
+START_HINT = ("Runs need no cluster: each `maze run` starts an embedded Ray on this machine. To keep "
+              "one running and let other machines join: `maze start --head` here, then "
+              "`maze worker --address HOST:6379` on each other machine.")
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _memory_mb() -> int | None:
+    """Physical memory in MB: psutil if installed, else /proc/meminfo, else sysconf."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().total // 2**20)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _gpus() -> tuple[list[dict], str]:
+    """This machine's GPUs by nvidia-smi (index, name, memory), and how they were found."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "nvidia-smi not found"
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[0].isdigit():
+            gpus.append({"index": int(parts[0]), "name": parts[1],
+                         "memory_mb": int(parts[2]) if parts[2].isdigit() else None})
+    return gpus, "nvidia-smi"
+
+
+def this_machine(num_cpus: float = 0, num_gpus: int = -1, gpu_mem_mb: list[int] | None = None) -> dict:
+    """This machine as the embedded executor would use it (``[ray] num_cpus``, ``num_gpus``,
+    ``gpu_mem_mb`` applied), read without starting Ray: CPUs, memory (MB) and GPUs."""
+    import socket
+    gpus, found_by = _gpus()
+    if num_gpus >= 0 and num_gpus != len(gpus):    # [ray] num_gpus sets (or fakes) the count
+        gpus = [gpus[i] if i < len(gpus) else {"index": i, "name": "configured", "memory_mb": None}
+                for i in range(num_gpus)]
+        found_by = "[ray] num_gpus"
+    if gpu_mem_mb:
+        for i, gpu in enumerate(gpus):
+            if gpu["memory_mb"] is None:
+                gpu["memory_mb"] = gpu_mem_mb[0] if len(gpu_mem_mb) == 1 else (
+                    gpu_mem_mb[i] if i < len(gpu_mem_mb) else None)
+    return {"host": socket.gethostname(), "cpu": num_cpus or _cpus(), "mem": _memory_mb(),
+            "gpus": gpus, "gpus_found_by": found_by}
+
+
+def print_this_machine(num_cpus: float = 0, num_gpus: int = -1, gpu_mem_mb: list[int] | None = None,
+                       as_json: bool = False) -> None:
+    """What ``maze cluster`` prints when no Ray cluster runs here: this machine, as a run's
+    embedded Ray would use it, and how to start a cluster (as JSON: ``{"cluster": null,
+    "this_machine": {...}, "hint": ...}``)."""
+    import click
+    machine = this_machine(num_cpus, num_gpus, gpu_mem_mb)
+    if as_json:
+        click.echo(json.dumps({"cluster": None, "this_machine": machine, "hint": START_HINT}, indent=2))
+        return
+    click.echo(describe_this_machine(machine))
+
+
+def describe_this_machine(machine: dict) -> str:
+    """``this_machine()`` as lines for a person, followed by how to start a cluster."""
+    mem = f"{machine['mem']} MB memory" if machine["mem"] is not None else "memory unknown"
+    lines = ["no Ray cluster is running here.",
+             f"this machine ({machine['host']}), as the embedded executor would use it: "
+             f"{machine['cpu']:g} CPUs, {mem}, {len(machine['gpus'])} GPUs"]
+    for g in machine["gpus"]:
+        gmem = f"{g['memory_mb']} MB" if g["memory_mb"] else "memory unknown"
+        lines.append(f"  gpu {g['index']}: {g['name']}, {gmem}")
+    if not machine["gpus"]:
+        lines.append(f"  (GPUs: {machine['gpus_found_by']})")
+    lines.append(START_HINT)
+    return "\n".join(lines)

@@ -46,12 +46,17 @@ def cluster_cmd(obj, as_json: bool) -> None:
     """Nodes of the cluster: CPUs, memory, GPUs with their memory, and running tasks."""
     from .executor import RayConfig, RayExecutor
     cfg = RayConfig.from_config(obj.config)
-    if not cfg.address:
+    embedded = not cfg.address
+    if embedded:
         cfg.address = "auto"   # show the cluster this machine belongs to, don't start one
     ex = RayExecutor(cfg)
     try:
         ex.start(lambda update: None)
     except Exception as exc:  # noqa: BLE001 - no cluster to talk to
+        if embedded:   # none running: this machine, as a run's embedded Ray would use it
+            from .cluster import print_this_machine
+            print_this_machine(cfg.num_cpus, cfg.num_gpus, cfg.gpu_mem_mb, as_json=as_json)
+            return
         raise click.ClickException(f"no Ray cluster reachable at {cfg.address!r}: {exc}") from None
     try:
         info = ex.describe()

@@ -23,6 +23,7 @@ which also frees any GPU memory it held.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -39,9 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maze_core.errors import MazeError
 from maze_core.executor import Executor, Invocation, Pick, Report, TaskUpdate, map_picks
+from maze_core.logging import adopt_library_logger
 from maze_core.resources import mem_bytes
 
+from . import pickling
 from .ledger import Gpu, GpuLedger, Node, Placement, device_resource
+from .worker import describe, make_batch_body, make_body, plain
 
 log = structlog.get_logger("maze.ray")
 
@@ -120,94 +124,12 @@ def _failure_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _make_body(func: Any, inline_limit: int) -> Any:
-    """The function that runs on a Ray worker: resolves the inputs it was handed as ``Pick`` of
-    upstream results (the upstream tasks' Ray objects, as extra arguments, which Ray fetches to
-    this node), sets the devices and working directory, runs the task, encodes the result as the
-    log will hold it (``maze_core.results``: the driver then only stores it), restores the
-    process, and returns the outcome as data (it never raises for a task error):
-    ``("ok", fields, blobs, s)``, ``("error", message, traceback, s, retryable)``."""
-
-    def maze_task(kwargs: dict[str, Any], ctx: dict[str, Any] | None = None, *held: Any) -> tuple:
-        import os as _os
-        import time as _time
-        import traceback as _tb
-
-        from maze_core import results as _results
-        ctx = ctx or {}
-        if held:
-            try:
-                kwargs = _unpick(kwargs, held)
-            except Exception as exc:  # noqa: BLE001 - the inputs could not be made
-                from maze_core.dag import ReferenceResolutionError
-                return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(), 0.0,
-                        not isinstance(exc, ReferenceResolutionError))
-        saved_env = _os.environ.get("CUDA_VISIBLE_DEVICES")
-        saved_order = _os.environ.get("CUDA_DEVICE_ORDER")
-        saved_cwd = None
-        if ctx.get("cuda") is not None:   # nvidia-smi's indices (the ledger's) are in PCI order
-            _os.environ["CUDA_VISIBLE_DEVICES"] = ctx["cuda"]
-            _os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        t0 = _time.perf_counter()
-        try:
-            if ctx.get("cwd"):
-                saved_cwd = _os.getcwd()
-                _os.chdir(ctx["cwd"])
-            value = func(**kwargs)
-        except BaseException as exc:  # noqa: BLE001 - the task's failure is data for the engine
-            return ("error", f"{type(exc).__name__}: {exc}", _tb.format_exc(),
-                    _time.perf_counter() - t0, True)
-        finally:
-            if saved_cwd is not None:
-                try:
-                    _os.chdir(saved_cwd)
-                except OSError:
-                    _os.chdir("/")
-            if ctx.get("cuda") is not None:
-                for name, saved in (("CUDA_VISIBLE_DEVICES", saved_env), ("CUDA_DEVICE_ORDER", saved_order)):
-                    if saved is None:
-                        _os.environ.pop(name, None)
-                    else:
-                        _os.environ[name] = saved
-        took = _time.perf_counter() - t0
-        try:
-            fields, blobs = _results.encode(value, inline_limit)
-        except _results.ResultEncodingError as exc:
-            return ("error", f"ResultError: {exc}", None, took, False)
-        return ("ok", fields, blobs, took)
-
-    maze_task.__qualname__ = maze_task.__name__ = f"maze:{getattr(func, '__name__', 'task')}"
-    return maze_task
-
-
-def _make_batch_body(func: Any, inline_limit: int) -> Any:
-    """The Ray task for a fused batch: each call in turn, each outcome as ``_make_body``'s."""
-    one = _make_body(func, inline_limit)
-
-    def maze_batch(calls: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple]:
-        return [one(kwargs, ctx) for kwargs, ctx in calls]
-
-    maze_batch.__qualname__ = maze_batch.__name__ = f"maze:{getattr(func, '__name__', 'task')}[fused]"
-    return maze_batch
-
-
-def _unpick(kwargs: dict[str, Any], held: tuple) -> dict[str, Any]:
-    """On the worker: each ``Pick`` (its handle replaced by the index of an extra argument) becomes
-    the value at its path in that upstream result, decoded as the log holds it."""
-    from maze_core import results
-    from maze_core.dag import resolve_path
-    from maze_core.executor import map_picks
-    values: dict[int, Any] = {}
-
-    def value(pick: Any) -> Any:
-        i = pick.handle
-        if i not in values:
-            outcome = held[i]          # the upstream task's ("ok", fields, blobs, s)
-            fields, blobs = outcome[1], outcome[2]
-            values[i] = results.decode(fields.get("result"), fields.get("result_ref"), blobs.__getitem__)
-        return resolve_path(values[i], list(pick.path), ref=pick.ref)
-
-    return map_picks(kwargs, value)
+def _context(inv: Invocation) -> dict[str, Any]:
+    """The context of one call of a fused batch (see ``worker``)."""
+    ctx: dict[str, Any] = {"task": (inv.run_id, inv.task_id, inv.attempt)}
+    if inv.cwd:
+        ctx["cwd"] = inv.cwd
+    return ctx
 
 
 def use_cluster_token(environ: dict[str, str] | None = None) -> bool:
@@ -221,15 +143,43 @@ def use_cluster_token(environ: dict[str, str] | None = None) -> bool:
         return mode.lower() == "token"
     path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     if env.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
-        env["RAY_AUTH_MODE"] = "token"
-        if environ is None:   # this process: Ray read its settings at import; make it look again
-            try:
-                from ray._raylet import Config
-                Config.initialize("")
-            except (ImportError, AttributeError) as exc:  # a Ray without it: the variable suffices
-                log.debug("could not refresh Ray's config", error=str(exc))
+        _token_mode(env, refresh=environ is None)
         return True
     return False
+
+
+def quiet_ray_logs() -> None:
+    """Ray's own log lines go through Maze's logging, in its format: warnings when Maze logs at
+    INFO or below (``-v``, a server), errors only otherwise. Ray's note that it set no SIGTERM
+    handler (the engine starts it off the main thread in a server, where uvicorn handles
+    signals) is dropped."""
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    adopt_library_logger("ray", "ERROR" if quiet else "WARNING")
+    worker_log = logging.getLogger("ray._private.worker")
+    if _drop_sigterm_note not in worker_log.filters:
+        worker_log.addFilter(_drop_sigterm_note)
+
+
+def _drop_sigterm_note(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+def use_local_token() -> None:
+    """An embedded Ray protects itself with a token (Ray 2.60's default for a new local cluster:
+    it makes one in ``~/.ray/auth_token`` if there is none). Ask for that explicitly, so Ray does
+    not print its advice on how to opt out into every ``maze run``; a mode the user chose stays."""
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        _token_mode(os.environ, refresh=True)
+
+
+def _token_mode(env: Any, refresh: bool) -> None:
+    env["RAY_AUTH_MODE"] = "token"
+    if refresh:   # this process: Ray read its settings at import; make it look again
+        try:
+            from ray._raylet import Config
+            Config.initialize("")
+        except (ImportError, AttributeError) as exc:  # a Ray without it: the variable suffices
+            log.debug("could not refresh Ray's config", error=str(exc))
 
 
 def device_resources(num_gpus: int | None, gpu_mem_mb: list[int] | None) -> dict[str, int]:
@@ -341,6 +291,7 @@ class RayExecutor(Executor):
 
     def _init_ray(self, ray: Any) -> None:
         cfg = self.cfg
+        quiet_ray_logs()
         common = {"namespace": cfg.namespace, "logging_level": "WARNING", "log_to_driver": True,
                   "configure_logging": False}
         if cfg.address:
@@ -358,6 +309,7 @@ class RayExecutor(Executor):
                 opts["resources"] = devices
             if cfg.object_store_mb:
                 opts["object_store_memory"] = mem_bytes(cfg.object_store_mb)
+            use_local_token()
             # "local": never join a cluster named by a stale file in Ray's temp folder
             ray.init(address="local", **opts, **common)
         self._owns_ray = True
@@ -566,7 +518,7 @@ class RayExecutor(Executor):
         base = self._remotes.get(base_key)
         if base is None or base[0] is not func:
             extra = {"max_calls": 1} if gpu else {}
-            make = _make_batch_body if batch else _make_body
+            make = make_batch_body if batch else make_body
             base = (func, ray.remote(max_retries=0, **extra)(make(func, self._inline_limit)))
             self._remotes[base_key] = base
         remote = base[1].options(**opts)
@@ -650,7 +602,7 @@ class RayExecutor(Executor):
         opts: dict[str, Any] = {"num_cpus": cpu}
         if mem:
             opts["memory"] = mem_bytes(mem)
-        ctx: dict[str, Any] = {"cwd": inv.cwd}
+        ctx = _context(inv)
         worker: dict[str, Any] = {"executor": self.name}
         if isinstance(grant, Placement):
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -661,21 +613,21 @@ class RayExecutor(Executor):
             ctx["cuda"] = grant.cuda_visible_devices
             worker.update(node_id=grant.node_id, gpus=list(grant.gpus), gpu_share=grant.share)
         members = None
+        pickling.sync()
+        # a call is one argument, (inputs, context): Ray pays per argument it serialises
         if len(invs) > 1:
             members = invs
             worker["fused"] = len(invs)
             remote = self._remote_for(inv.func, opts, batch=True)
-            ref = remote.remote([(i.kwargs, {"cwd": i.cwd} if i.cwd else None) for i in invs])
+            ref = remote.remote([(i.kwargs, _context(i)) for i in invs])
         else:
             remote = self._remote_for(inv.func, opts)
             if inv.held:   # upstream results in Ray's store: top-level arguments, fetched by Ray
                 index = {h: i for i, h in enumerate(dict.fromkeys(inv.held))}
                 kwargs = map_picks(inv.kwargs, lambda p: Pick(index[p.handle], p.path, p.ref))
-                ref = remote.remote(kwargs, ctx, *index)
-            elif ctx.get("cwd") or "cuda" in ctx:
-                ref = remote.remote(inv.kwargs, ctx)
-            else:   # one argument when there is no context: Ray pays per argument it serialises
-                ref = remote.remote(inv.kwargs)
+                ref = remote.remote((kwargs, ctx), *index)
+            else:
+                ref = remote.remote((inv.kwargs, ctx))
         job = _Job(inv, ref, grant, cpu, mem, worker, members=members)
         with self._lock:
             # shut down meanwhile, or a rerun call cancelled while it was being submitted again
@@ -821,11 +773,15 @@ class RayExecutor(Executor):
             kind = _failure_name(exc)
             if kind == "WorkerLost":
                 self._refreshed_at = 0.0     # re-read the nodes before the next placement
-            lines = str(exc).strip().splitlines()
             import ray.exceptions as rex
-            return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed",
-                              error=f"{kind}: {lines[0] if lines else kind}",
-                              traceback="".join(traceback.format_exception_only(type(exc), exc)),
+            cause = exc.cause if isinstance(exc, rex.RayTaskError) and exc.cause is not None else None
+            if cause is not None and kind not in ("WorkerLost", "Cancelled"):
+                error = describe(cause)     # the real exception, not Ray's wrapper around it
+            else:
+                lines = plain(str(exc)).strip().splitlines()
+                error = f"{kind}: {lines[0] if lines else kind}"
+            return TaskUpdate(inv.run_id, inv.task_id, inv.attempt, "failed", error=error,
+                              traceback=plain("".join(traceback.format_exception(exc))),
                               lost_input=bool(inv.held) and isinstance(exc, rex.ObjectLostError))
         took = outcome[3]
         if outcome[0] == "ok" or outcome[4]:     # the body ran (not an input that did not resolve)

@@ -12,6 +12,8 @@ import json
 import os
 import secrets
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> No
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
+            _own_sigterm()
             if self.should_exit or not self.servers:
                 return
             bound = self.servers[0].sockets[0].getsockname()
@@ -87,6 +90,36 @@ def _serve(config: Any, host: str, port: int, ray_head: str | None = None) -> No
         _remove_server_file(data_dir)
     if not server.started:
         raise click.ClickException(f"the server could not start on {host}:{port} (see the log above)")
+
+
+def _reexec_without_tokens() -> None:
+    """Start this command again without ``MAZE_SERVER_TOKENS`` in its environment, the tokens
+    handed over through a pipe (``MAZE_SERVER_TOKENS_FD``). Removing the variable from
+    ``os.environ`` is not enough: ``/proc/<pid>/environ`` keeps the environment a process started
+    with, and any task could read every plain token there."""
+    from maze_core.config import TOKENS_FD_VAR
+    data = os.environ["MAZE_SERVER_TOKENS"].encode("utf-8")
+    if len(data) > 60000:    # what a pipe holds before a reader takes it
+        raise click.UsageError("MAZE_SERVER_TOKENS is too long; use [server] tokens_file")
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    os.set_inheritable(read, True)
+    env = {k: v for k, v in os.environ.items() if k != "MAZE_SERVER_TOKENS"}
+    env[TOKENS_FD_VAR] = str(read)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def _own_sigterm() -> None:
+    """Starting Ray installs its C++ failure handler for SIGTERM in this process, which prints a
+    stack dump ("*** SIGTERM received ...") before passing the signal on: a requested stop then
+    looks like a crash. Give SIGTERM back to the Python handler uvicorn set (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,6 +151,8 @@ def register_commands(cli: Any) -> None:
         from maze_core.errors import ConfigError, MazeError
         from maze_core.logging import setup_logging
 
+        if "MAZE_SERVER_TOKENS" in os.environ and os.path.basename(sys.argv[0]) == "maze":
+            _reexec_without_tokens()
         config = obj.config
         setup_logging(config.logging.level, config.logging.format)   # the server logs at its level
         if host is not None:
