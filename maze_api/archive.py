@@ -1,11 +1,15 @@
 """Zip archives in and out, safely.
 
-``safe_extract`` refuses, before or while writing: names with ``..``, absolute names, drive letters,
-backslashes or NUL; symlinks and other special members; encrypted members; duplicate names; more
-members than allowed; and, counting the bytes actually written (sizes claimed in the zip headers are
-never trusted), more uncompressed data than allowed in total or a member that inflates beyond the
-allowed ratio (zip bombs). Files are created with ``O_EXCL | O_NOFOLLOW`` under a fresh folder, so
-nothing can be written outside it. The caller removes the folder when extraction fails.
+``safe_extract`` refuses, before writing anything: names with ``..``, absolute names, drive letters,
+backslashes or NUL (judged on the name as stored: ``zipfile`` cuts a name at its first NUL), names
+too long for a file system; symlinks and other special members; encrypted members; members
+compressed otherwise than stored or deflated (bzip2 and LZMA are inflated unbounded); duplicate names
+(folders too) and names that differ only by case or Unicode normalisation (one file on macOS and
+Windows); more members than allowed. While writing it refuses, counting the bytes actually written
+and the compressed bytes actually read (sizes claimed in the zip headers are never trusted), more
+uncompressed data than allowed in total or a member that inflates beyond the allowed ratio (zip
+bombs). Files are created with ``O_EXCL | O_NOFOLLOW`` under a fresh folder, so nothing can be
+written outside it. The caller removes the folder when extraction fails.
 
 ``write_zip`` packs a folder, skipping symlinks and special files so that a link planted in a run
 folder cannot leak a file from outside it.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import unicodedata
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +29,11 @@ from typing import IO
 
 CHUNK = 1 << 16
 RATIO_FLOOR = 256 * 1024  # a member must inflate past 256 KB before its ratio is judged
+NAME_MAX = 255            # bytes (UTF-8) in one path component: ext4, APFS, NTFS (in characters)
+PATH_MAX = 4096           # bytes (UTF-8) in a whole relative name
+# zipfile inflates deflated members a chunk at a time, but hands a bzip2 or LZMA decompressor all it
+# read at once, unbounded: 64 KB of bzip2 hold tens of GB of zeros, all in memory before any check
+SAFE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 class ArchiveError(ValueError):
@@ -52,6 +62,13 @@ def member_parts(name: str) -> tuple[str, ...]:
     name that could leave its folder or that no file system should hold."""
     if not name or "\x00" in name:
         raise ArchiveError(f"invalid name {name!r}: empty or holding a NUL byte")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:   # a lone surrogate, as JSON's "\ud800" gives
+        raise ArchiveError(f"invalid name {name!r}: not valid Unicode") from None
+    if size > PATH_MAX:
+        raise ArchiveError(f"invalid name {name[:64]!r}...: too long ({size} bytes; at most "
+                           f"{PATH_MAX} bytes in UTF-8)")
     if "\\" in name:
         raise ArchiveError(f"invalid name {name!r}: backslashes are not allowed")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -61,7 +78,49 @@ def member_parts(name: str) -> tuple[str, ...]:
         raise ArchiveError(f"invalid name {name!r}: '..' is not allowed")
     if not parts:
         raise ArchiveError(f"invalid name {name!r}")
+    for part in parts:
+        if len(part.encode("utf-8")) > NAME_MAX:
+            raise ArchiveError(f"invalid name {name[:64]!r}{'...' if len(name) > 64 else ''}: a part "
+                               f"is too long ({len(part.encode('utf-8'))} bytes; at most {NAME_MAX} "
+                               f"bytes in UTF-8)")
     return parts
+
+
+def name_key(parts: Iterable[str]) -> str:
+    """What ``parts`` are on a case-insensitive, normalisation-insensitive file system (macOS,
+    Windows): two names with one key are one file there."""
+    return "/".join(unicodedata.normalize("NFD", unicodedata.normalize("NFD", p).casefold()) for p in parts)
+
+
+class NameTable:
+    """The paths an archive (or an upload) makes, folders included, by ``name_key``: refuses a
+    name given twice and two names that are one on macOS or Windows."""
+
+    def __init__(self) -> None:
+        self._paths: dict[str, tuple[tuple[str, ...], str, bool]] = {}
+
+    def claim(self, name: str, parts: tuple[str, ...], kind: str) -> None:
+        """Record the member ``name`` (``kind`` "file" or "dir") and the folders leading to it."""
+        for depth in range(1, len(parts)):
+            self._claim(name, parts[:depth], "dir", explicit=False)
+        self._claim(name, parts, kind, explicit=True)
+
+    def _claim(self, name: str, parts: tuple[str, ...], kind: str, explicit: bool) -> None:
+        key = name_key(parts)
+        known = self._paths.get(key)
+        if known is None:
+            self._paths[key] = (parts, kind, explicit)
+            return
+        known_parts, known_kind, known_explicit = known
+        if known_parts != parts:
+            raise ArchiveError(f"name {name!r}: {'/'.join(parts)!r} and {'/'.join(known_parts)!r} differ "
+                               f"only by case or Unicode normalisation (one name on macOS and Windows)")
+        if known_kind != kind:
+            raise ArchiveError(f"name {name!r}: {'/'.join(parts)!r} is both a file and a folder")
+        if explicit and known_explicit:
+            raise ArchiveError(f"name {name!r} appears twice")
+        if explicit:
+            self._paths[key] = (parts, kind, True)
 
 
 def _kind(info: zipfile.ZipInfo) -> str:
@@ -73,11 +132,38 @@ def _kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
+class _CountingReader:
+    """The archive's file, counting the bytes read from it: the compressed bytes a member really
+    took, whatever its headers claim."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
 def safe_extract(source: str | os.PathLike[str] | IO[bytes], dest: Path, limits: Limits) -> Extracted:
     """Extract the zip ``source`` into the existing, empty folder ``dest``."""
     dest = Path(dest).resolve()
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return safe_extract(fh, dest, limits)
+    reader = _CountingReader(source)
     try:
-        zf = zipfile.ZipFile(source)
+        zf = zipfile.ZipFile(reader)   # type: ignore[arg-type]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
         raise ArchiveError(f"not a valid zip archive: {exc}") from None
     report = Extracted()
@@ -86,15 +172,25 @@ def safe_extract(source: str | os.PathLike[str] | IO[bytes], dest: Path, limits:
         if len(members) > limits.max_members:
             raise ArchiveError(f"the archive holds {len(members)} entries; the limit is "
                                f"{limits.max_members} ([server] max_archive_files)", 413)
-        for info in members:
-            parts = member_parts(info.filename)
+        plan = []
+        names = NameTable()
+        for info in members:   # every name is judged before anything is written
+            # the name as stored: zipfile cuts ``filename`` at a NUL ("a\0../../x" becomes "a")
+            raw = getattr(info, "orig_filename", info.filename)
+            parts = member_parts(raw)
             kind = _kind(info)
             if kind == "link":
-                raise ArchiveError(f"archive member {info.filename!r} is a symbolic link; links are refused")
+                raise ArchiveError(f"archive member {raw!r} is a symbolic link; links are refused")
             if kind == "special":
-                raise ArchiveError(f"archive member {info.filename!r} is not a regular file")
+                raise ArchiveError(f"archive member {raw!r} is not a regular file")
             if info.flag_bits & 0x1:
-                raise ArchiveError(f"archive member {info.filename!r} is encrypted")
+                raise ArchiveError(f"archive member {raw!r} is encrypted")
+            if kind == "file" and info.compress_type not in SAFE_METHODS:
+                raise ArchiveError(f"archive member {raw!r} is compressed with method {info.compress_type}; "
+                                   f"only stored (0) and deflated (8) members are accepted")
+            names.claim(raw, parts, kind)
+            plan.append((info, parts, kind))
+        for info, parts, kind in plan:
             target = dest.joinpath(*parts)
             if not target.parent.resolve().is_relative_to(dest):   # belt and braces
                 raise ArchiveError(f"archive member {info.filename!r} leaves the target folder")
@@ -106,13 +202,13 @@ def safe_extract(source: str | os.PathLike[str] | IO[bytes], dest: Path, limits:
             except OSError as exc:
                 raise ArchiveError(f"archive member {info.filename!r} cannot be created: "
                                    f"{exc.strerror or exc}") from None
-            report.bytes += _extract_member(zf, info, target, limits, report.bytes)
+            report.bytes += _extract_member(zf, reader, info, target, limits, report.bytes)
             report.files += 1
     return report
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: Limits,
-                    total_before: int) -> int:
+def _extract_member(zf: zipfile.ZipFile, reader: _CountingReader, info: zipfile.ZipInfo, target: Path,
+                    limits: Limits, total_before: int) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(target, flags, 0o644)
@@ -121,14 +217,17 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, li
     except OSError as exc:
         raise ArchiveError(f"archive member {info.filename!r} cannot be written: {exc.strerror}") from None
     written = 0
-    compressed = max(info.compress_size, 1)
     try:
         with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            start = reader.count   # the local header is read by now: what follows is the member's data
             while chunk := src.read(CHUNK):
                 written += len(chunk)
                 if total_before + written > limits.max_bytes:
                     raise ArchiveError(f"the archive inflates to more than {limits.max_bytes} bytes "
                                        f"([server] max_archive_mb)", 413)
+                # the compressed bytes actually read (never the size the headers claim, which could
+                # cover any amount of padding); zipfile reads ahead at most one chunk
+                compressed = max(reader.count - start, 1)
                 if written > RATIO_FLOOR and written > limits.max_ratio * compressed:
                     raise ArchiveError(f"archive member {info.filename!r} inflates more than "
                                        f"{limits.max_ratio:g} times ([server] max_compression_ratio): "

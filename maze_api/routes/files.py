@@ -1,12 +1,15 @@
 """File sync of a run folder (seed 001): hashes, download of chosen files, upload.
 
-Every client-given name is relative, free of NUL and ``..``, and must resolve inside the run
-folder; symbolic links are neither followed out of the folder nor served."""
+Every client-given name is relative, free of NUL and ``..``, no longer than a file system allows,
+and must resolve inside the run folder; symbolic links are never followed (not even to a place
+inside the folder) nor served. Uploaded names must not collide, by case or Unicode normalisation,
+with each other or with what the folder holds: they would be one file on macOS and Windows."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from starlette.datastructures import UploadFile
 from maze_core.errors import NotFoundError
 from maze_core.logging import get_logger
 
-from ..archive import CHUNK, ArchiveError, iter_files
+from ..archive import CHUNK, ArchiveError, NameTable, iter_files, name_key
 from ..auth import Identity
 from ..context import ServerContext
 from ..deps import current_identity, get_ctx
@@ -68,8 +71,8 @@ def file_hashes(run_id: str, identity: Identity = Depends(current_identity),
              responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the files"}})
 def download_files(run_id: str, body: FileList, identity: Identity = Depends(current_identity),
                    ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
-    """Body ``{"files": ["a.py", "data/input.jpg"]}``. 400 for a name outside the run folder,
-    404 for a file that does not exist."""
+    """Body ``{"files": ["a.py", "data/input.jpg"]}``. 400 for a name outside the run folder or
+    leading through a symbolic link, 404 for a file that does not exist."""
     ctx.run_row(identity, run_id)
     folder = ctx.existing_run_dir(run_id)
     if len(body.files) > ctx.archive_limits.max_members:
@@ -77,7 +80,7 @@ def download_files(run_id: str, body: FileList, identity: Identity = Depends(cur
     chosen: dict[str, Path] = {}   # by relative name: "a.py" and "./a.py" are one member
     for name in dict.fromkeys(body.files):
         path = ctx.confined(folder, name)
-        if path.is_symlink() or not path.is_file():
+        if not _regular_file(folder, path, name):
             raise NotFoundError(f"run {run_id} has no file {name!r}")
         chosen.setdefault(path.relative_to(folder).as_posix(), path)
     return zip_response(list(chosen.items()), f"{run_id}-files.zip")
@@ -103,6 +106,55 @@ async def upload_files(run_id: str, request: Request, identity: Identity = Depen
         await form.close()
 
 
+def _regular_file(folder: Path, path: Path, name: str) -> bool:
+    """Whether ``path`` (inside ``folder``) is a regular file reached without any symbolic link;
+    ``ArchiveError`` (400) when a link is on the way, even one pointing inside the folder."""
+    current = folder
+    parts = path.relative_to(folder).parts
+    st = None
+    for depth, part in enumerate(parts, 1):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise ArchiveError(f"cannot read {name!r}: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ArchiveError(f"invalid name {name!r}: {'/'.join(parts[:depth])!r} is a symbolic link; "
+                               f"links are never followed")
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def _no_collisions(folder: Path, targets: list[tuple[str, Path, Any]]) -> None:
+    """``ArchiveError`` when two names of the request, or a name and an entry of the folder,
+    differ only by case or Unicode normalisation (one file once the run is on macOS or Windows)."""
+    names = NameTable()
+    listings: dict[Path, dict[str, set[str]]] = {}
+    for name, path, _ in targets:
+        parts = path.relative_to(folder).parts
+        names.claim(name, parts, "file")
+        parent = folder
+        for part in parts:
+            if parent != folder and os.path.islink(parent):
+                break   # never listed through: a link on the way is refused when writing
+            entries = listings.get(parent)
+            if entries is None:
+                entries = {}
+                try:
+                    for entry in os.listdir(parent):
+                        entries.setdefault(name_key([entry]), set()).add(entry)
+                except OSError:   # not there yet, or not a folder (refused when writing)
+                    pass
+                listings[parent] = entries
+            clash = sorted(entries.get(name_key([part]), set()) - {part})
+            if clash:
+                where = "/".join((*parent.relative_to(folder).parts, clash[0]))
+                raise ArchiveError(f"cannot write {name!r}: it and {where!r} in the run folder differ "
+                                   f"only by case or Unicode normalisation (one name on macOS and Windows)")
+            parent = parent / part
+
+
 def _write_files(ctx: ServerContext, identity: Identity, run_id: str, folder: Path,
                  items: list[tuple[str, Any]]) -> dict[str, Any]:
     with ctx.run_lock(run_id):   # not while the run is being destroyed
@@ -119,6 +171,7 @@ def _write_locked(ctx: ServerContext, identity: Identity, run_id: str, folder: P
         if path in seen:
             raise BadRequest(f"file {name!r} appears twice in the request")
         seen.add(path)
+    _no_collisions(folder, targets)
     written = []
     size = 0
     for name, path, value in targets:
