@@ -177,10 +177,9 @@ class ServerContext:
             workdir = self._workdirs.get(run_id)
         if not known:
             workdir = None
-            for event in self.store.read_stream(ev.run_stream(run_id)):
+            for event in self.store.read_stream_page(ev.run_stream(run_id), limit=1):   # RunSubmitted
                 if event.type == ev.RUN_SUBMITTED:
                     workdir = event.data.get("workdir")
-                    break
             self.remember_workdir(run_id, None if workdir is None else Path(workdir))
         if not workdir:
             return None

@@ -66,9 +66,9 @@ def test_rejects_bad_settings(tmp_path: Path) -> None:
 def test_migrations_recorded_and_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "maze.db"
     SqliteStore(path).close()
-    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index"]
+    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index", "m003_events_stream_seq_index"]
     SqliteStore(path).close()
-    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index"]
+    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index", "m003_events_stream_seq_index"]
     db = sqlite_utils.Database(path)
     assert sqlite_store.migrations.pending(db) == []
     assert {"events", "streams", "blobs", *TABLES} <= set(db.table_names())
@@ -174,7 +174,7 @@ def test_processes_append_to_one_file(tmp_path: Path) -> None:
         assert store.stream_version(f"run:p{i}") == batches * 5
     assert store.stream_version("session:shared") == processes_n * batches
     assert replay_check(store) == []
-    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index"]
+    assert _migrations(path) == ["m001_initial", "m002_runs_owner_index", "m003_events_stream_seq_index"]
     store.close()
 
 

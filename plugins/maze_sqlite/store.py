@@ -74,11 +74,20 @@ def m002_runs_owner_index(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, created_at)")
 
 
+@migrations()
+def m003_events_stream_seq_index(db: sqlite_utils.Database) -> None:
+    """A stream's events by seq (``read_stream_page``): the server pages through a run's events
+    after a sequence number. ``UNIQUE (stream, version)`` orders a stream by version only, so
+    without this index SQLite walked the stream from its first event to find a page."""
+    db.execute("CREATE INDEX IF NOT EXISTS events_stream_seq ON events (stream, seq)")
+
+
 # --------------------------------------------------------------------------- SQL
 _EVENT_COLUMNS = "seq, stream, version, type, ts, actor, data, hash"
 _SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _LAST_EVENT = "SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1"
+_STREAM_PAGE = f"{_SELECT_EVENTS} WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
 _STREAM_VERSION = "SELECT version FROM streams WHERE stream = ?"
 _UPSERT_STREAM = ("INSERT INTO streams (stream, version) VALUES (?, ?) "
                   "ON CONFLICT (stream) DO UPDATE SET version = excluded.version")
@@ -284,6 +293,14 @@ class SqliteStore(EventStore):
     def read_stream(self, stream: str, after_version: int = 0) -> list[Event]:
         cursor = self._conn().execute(
             f"{_SELECT_EVENTS} WHERE stream = ? AND version > ? ORDER BY version", (stream, after_version))
+        return [_event(row) for row in cursor]
+
+    def read_stream_page(self, stream: str, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        """One page of a stream by seq, from the index ``events_stream_seq`` (migration m003):
+        SQLite reads only the rows it returns, wherever the page lies in the stream."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        cursor = self._conn().execute(_STREAM_PAGE, (stream, after_seq, -1 if limit is None else limit))
         return [_event(row) for row in cursor]
 
     def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[Event]:
