@@ -72,11 +72,13 @@ def import_tasks(root: Path) -> list[Callable[..., Any]]:
             found = [obj for obj in list(vars(module).values())
                      if inspect.isfunction(obj) and isinstance(getattr(obj, "_task_meta", None), dict)
                      and obj.__module__ == module.__name__ and obj not in funcs]
-            if found:
-                # its private module name exists only here: executors that ship functions to other
-                # processes (Ray) must send them by value
-                cloudpickle.register_pickle_by_value(module)
             funcs.extend(found)
+        # the tool's modules (its task files and the helpers they import) exist only here:
+        # executors that ship functions to other processes (Ray) must send them by value
+        for loaded in list(sys.modules.values()):
+            file = getattr(loaded, "__file__", None)
+            if file and Path(file).resolve().is_relative_to(root.resolve()):
+                cloudpickle.register_pickle_by_value(loaded)
     return funcs
 
 

@@ -4,6 +4,7 @@ on a worker fails its task with the real exception and what to try, not Ray's wr
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -116,3 +117,53 @@ def test_code_a_worker_cannot_import_fails_with_the_real_error_and_a_hint(ray_en
             cloudpickle.unregister_pickle_by_value(mod)
             sys.modules.pop(mod.__name__, None)
         sys.modules.pop(f"onlyhere_{tag}", None)
+
+
+TOOL = '''
+from maze_core import task
+from wordhelp import words      # a helper module of the tool's own folder
+
+@task(name="ray_upload_count", description="Count words")
+def count(text: str) -> dict:
+    return {"words": len(words(text))}
+'''
+
+
+def test_an_uploaded_tool_runs_on_ray_workers(tmp_path, ray_cluster):
+    """An uploaded tool's modules exist only in the server process (its folder is importable while
+    it loads): Ray workers get them by value."""
+    import httpx
+
+    from maze_api import create_app
+    from maze_api.testing import logging_restored, serve
+    from maze_core.engine import Engine
+    from maze_core.registry import ToolRegistry
+
+    from .conftest import make_config
+    from .test_api_server import upload_tool
+    from .test_ray_executor import _executor
+
+    cfg = make_config(tmp_path)
+    cfg.logging.level = "WARNING"
+    engine = Engine.from_config(cfg, executor=_executor(address=ray_cluster.address), registry=ToolRegistry())
+    engine.start()
+    try:
+        with logging_restored(), serve(create_app(cfg, engine)) as url, \
+                httpx.Client(base_url=url, timeout=30) as client:
+            response = upload_tool(client, "rayup", {"tool.py": TOOL,
+                                                     "wordhelp.py": "def words(t):\n    return t.split()\n"})
+            assert response.status_code == 201, response.text
+            dag = DAG("uploaded", registry=ToolRegistry())        # this client does not have the tool
+            t1 = dag.add_task("ray_upload_count", inputs={"text": "one two three"})
+            response = client.post("/submit_workflow/", files={
+                "workflow_payload": ("w.json", json.dumps(dag.to_wire()), "application/json")})
+            assert response.status_code == 200, response.text
+            run_id = response.json()["run_id"]
+            run = engine.wait(run_id, timeout=60)
+            failed = [e.data for e in _events(engine, run_id, "TaskFailed")]
+            assert run["status"] == "succeeded", failed
+            assert engine.result(run_id, t1) == {"words": 3}
+            assert _events(engine, run_id, "TaskStarted")[0].data["worker"]["executor"] == "ray"
+    finally:
+        engine.stop(wait=False)
+        engine.store.close()
