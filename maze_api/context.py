@@ -25,7 +25,7 @@ from .auth import Identity, TokenTable
 from .imports import importable
 
 MB = 1024 * 1024
-RUN_DESTROYED = "RunDestroyed"   # appended to a run's stream when the server removes its folder
+RUN_DESTROYED = ev.RUN_DESTROYED   # recorded in a run's stream when the server removes its folder
 RUN_FINISHED = ("succeeded", "failed", "cancelled")
 TASK_TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 WORKDIR_CACHE = 10000

@@ -44,8 +44,10 @@ class _Ctx:
             except ConfigError as exc:
                 raise UsageFailure(str(exc)) from None
             level = self._config.logging.level
-            if not self.verbose and level in ("DEBUG", "INFO"):
-                level = "WARNING"  # the command prints what happens; -v shows the engine's log too
+            if not self.verbose and level in ("DEBUG", "INFO", "WARNING"):
+                # the command prints what happens (a failed task is in its table, with its
+                # traceback); -v shows the engine's log too
+                level = "ERROR"
             setup_cli_logging(level, self._config.logging.format)
         return self._config
 
@@ -203,10 +205,11 @@ def demo_cmd(obj: _Ctx, example: str, docs: Path | None, questions: tuple[str, .
         from .demo import build_demo_dag
         _run_dag(obj, build_demo_dag(), "maze-demo", executor, progress, as_json)
         return
-    from .demo import rag
+    from .demo.examples import ExampleNotFound, load_example
     try:
+        rag = load_example("rag")   # examples/rag/rag_pipeline.py, by its path: the core imports no example
         rag.require_tools()  # before the engine starts: a clear message, nothing recorded
-    except RuntimeError as exc:
+    except (ExampleNotFound, RuntimeError) as exc:
         raise UsageFailure(str(exc)) from None
     obj.config  # noqa: B018 - configuration errors first
     started = time.perf_counter()
@@ -501,10 +504,8 @@ def tools_group() -> None:
 def tools_list(obj: _Ctx, as_json: bool) -> None:
     """Every registered tool (name@version) with its type, source and description."""
     from .registry import task_registry
-    from .runtime import load_tools, tool_sync_events
-    problems = load_tools(obj.config, task_registry)
-    store = obj.store()
-    store.append(tool_sync_events(store, task_registry, "cli"))  # what is installed is on record
+    from .runtime import load_tools
+    problems = load_tools(obj.config, task_registry)   # a listing only reads: `tools reload` records
     tools = task_registry.list_tasks()
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
@@ -546,9 +547,21 @@ def tools_reload(obj: _Ctx, as_json: bool) -> None:
     Packages installed, upgraded or uninstalled (pip) since the log last saw them, and tool files
     added, changed or removed in the tool folders, become ToolRegistered / ToolRemoved events, plus
     one ToolsReloaded event with this report. A running server picks them up with POST /tools/reload."""
+    from . import plugins
+    from .engine import Engine
     from .registry import task_registry
     from .runtime import reload_tools
-    report = reload_tools(obj.config, task_registry, store=obj.store(), actor="cli")
+    config = obj.config
+    # the one door into the log is an engine: here one that runs nothing (local threads, idle)
+    # and follows no registry, so the report compares with the log as it was before the reload
+    engine = Engine(obj.store(), plugins.pick("executor", "local")(config),
+                    plugins.pick("scheduler", "fifo")(config), config=config, actor="cli")
+    engine.start(resume=False, follow_registry=False)
+    try:
+        report = reload_tools(config, task_registry, engine, actor="cli")
+    finally:
+        engine.stop()
+        engine.store.close()
     if as_json:
         echo_json(report.to_dict())
         return

@@ -5,6 +5,12 @@ built-in defaults (the same values as the documented ``config.toml``). Any key c
 ``MAZE_<SECTION>_<KEY>``: ``MAZE_SERVER_PORT=9000``, ``MAZE_ENGINE_EXECUTOR=local``,
 ``MAZE_PATHS_DATA_DIR=/tmp/maze``. Relative paths resolve against ``[paths] project_root``, which
 itself resolves against the directory of the config file (or the working directory).
+
+Maze's own sections are modelled here. A plugin's section (``[local]``, ``[sqlite]``, ``[ray]``,
+``[daps]`` ...) is modelled by the plugin, which registers its pydantic model through the
+``register_config_sections`` hook: ``load_config`` checks the section against it (the error names
+the key, and the file or the ``MAZE_<SECTION>_<KEY>`` variable), and ``config.<section>`` is the
+section as that model (:meth:`MazeConfig.plugin_section`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+
+
+class NoSuchSection(ConfigError, AttributeError):
+    """``config.<name>`` where neither Maze nor a loaded plugin has a section ``name``."""
 
 
 class _Section(BaseModel):
@@ -63,19 +73,6 @@ class EngineConfig(_Section):
     max_interruptions: int = Field(3, ge=0)
 
 
-class LocalConfig(_Section):
-    cpus: float = Field(0, ge=0)  # 0: os.cpu_count()
-    mem: int = Field(0, ge=0)     # MB; 0: no memory accounting
-    gpus: int = Field(0, ge=0)
-    prefetch: float = Field(1.0, ge=0, le=16)  # backlog admitted per CPU beyond what runs
-
-
-class SqliteConfig(_Section):
-    filename: str = "maze.db"
-    busy_timeout_ms: int = Field(30000, ge=0)
-    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
-
-
 class ToolsConfig(_Section):
     paths: list[str] = []
     package_root: str = ""   # "": each tool file is imported on its own (seed 003 package_root_path)
@@ -86,17 +83,19 @@ class LoggingConfig(_Section):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+Section = TypeVar("Section", bound=BaseModel)
+
+
 class MazeConfig(BaseModel):
-    """The whole configuration. Unknown sections are kept (plugins read their own); unknown keys
-    in Maze's own sections are errors."""
+    """The whole configuration. Unknown keys in Maze's own sections are errors. Other sections are
+    kept as given; those a loaded plugin models (``register_config_sections``) are read as that
+    model: ``config.local.cpus``, ``config.plugin_section("local", LocalConfig)``."""
 
     model_config = ConfigDict(extra="allow")
 
     server: ServerConfig = ServerConfig()
     paths: PathsConfig = PathsConfig()
     engine: EngineConfig = EngineConfig()
-    local: LocalConfig = LocalConfig()
-    sqlite: SqliteConfig = SqliteConfig()
     tools: ToolsConfig = ToolsConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -125,11 +124,50 @@ class MazeConfig(BaseModel):
     def data_dir(self) -> Path:
         return self.resolve(self.paths.data_dir)
 
+    # ------------------------------------------------------------------ plugin sections
+    def __getattr__(self, name: str) -> Any:
+        """``config.<section>`` for a section a plugin models: :meth:`plugin_section`."""
+        if name.startswith(("_", "model_")):
+            return super().__getattr__(name)
+        extra = self.__pydantic_extra__ or {}
+        value = extra.get(name)
+        if isinstance(value, BaseModel):
+            return value
+        model = _plugin_models().get(name)
+        if model is not None:
+            return self.plugin_section(name, model)
+        if name in extra:
+            return value
+        from .plugins import allowed_plugins
+        hint = " (MAZE_LOAD_PLUGINS is set)" if allowed_plugins() is not None else ""
+        raise NoSuchSection(f"the configuration has no section [{name}]: no loaded plugin "
+                            f"registers it{hint}")
+
+    def plugin_section(self, name: str, model: type[Section]) -> Section:
+        """A plugin's section read through the plugin's own pydantic ``model``: checked once
+        (``ConfigError`` naming the key), then the same object every time, so that a change made
+        to it (``config.local.cpus = 2``) is what every reader sees."""
+        extra = self.__pydantic_extra__
+        if extra is None:
+            extra = self.__pydantic_extra__ = {}
+        value = extra.get(name)
+        if isinstance(value, model):
+            return value
+        given = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+        try:
+            typed = model.model_validate(given)
+        except ValidationError as exc:
+            raise ConfigError(_section_error(exc, name, self.source or "built-in defaults")) from None
+        extra[name] = typed
+        return typed
+
     def section(self, name: str) -> dict[str, Any]:
-        """A plugin's own section as a dict ({} when absent)."""
-        value = getattr(self, name, None)
-        if value is None:
-            value = (self.model_extra or {}).get(name, {})
+        """A section as a dict ({} when absent): a plugin's section as given (the file and the
+        environment), or with its defaults once read through its model."""
+        if name in type(self).model_fields:
+            value: Any = getattr(self, name)
+        else:
+            value = (self.__pydantic_extra__ or {}).get(name)
         return value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
 
     def effective(self, plugin_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -148,16 +186,50 @@ class MazeConfig(BaseModel):
                 try:
                     out[name] = schema.model_validate(given).model_dump()
                 except ValidationError as exc:
-                    first = exc.errors()[0]
-                    key = ".".join(str(p) for p in first["loc"]) or "?"
-                    raise ConfigError(f"{self.source or 'built-in defaults'}: [{name}] {key}: "
-                                      f"{first['msg']} (got {first.get('input')!r})") from None
+                    raise ConfigError(_section_error(exc, name, self.source or "built-in defaults")) from None
             else:
                 out[name] = {**dict(schema), **given}
         return out
 
 
 _SECTIONS = [name for name, f in MazeConfig.model_fields.items() if name != "source"]
+
+
+def _plugin_models() -> dict[str, type[BaseModel]]:
+    """Section name -> the pydantic model its plugin registered (``register_config_sections``)."""
+    from .plugins import config_sections
+    return {name: schema for name, schema in config_sections().items()
+            if isinstance(schema, type) and issubclass(schema, BaseModel)}
+
+
+def _section_error(exc: ValidationError, name: str, origin: str,
+                   overrides: Mapping[str, Any] | None = None) -> str:
+    """One line naming the key of a plugin's section, and where its value came from: the file
+    or, for a key in ``overrides``, the environment variable."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or "?"
+    if loc and loc[0] in (overrides or {}):
+        origin = f"environment variable MAZE_{name.upper()}_{loc[0].upper()}"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{origin}: [{name}] {key}: {first['msg']} (got {first.get('input')!r}){more}"
+
+
+def _check_plugin_sections(data: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]],
+                           origin: str) -> None:
+    """Check each section that the file or the environment gives against the model its plugin
+    registered, so that a bad value is one clear error at start, naming the key."""
+    models = _plugin_models()
+    for name in data:
+        model = models.get(name)
+        if model is None:
+            continue
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table, got {data[name]!r}")
+        try:
+            model.model_validate(data[name])
+        except ValidationError as exc:
+            raise ConfigError(_section_error(exc, name, origin, overrides.get(name))) from None
 
 
 TOKENS_FD_VAR = "MAZE_SERVER_TOKENS_FD"   # not a key: see _tokens_from_fd
@@ -274,5 +346,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if len(loc) > 1 and loc[1] in overrides.get(str(loc[0]), {}):
             origin = f"environment variable MAZE_{str(loc[0]).upper()}_{str(loc[1]).upper()}"
         raise ConfigError(_describe(exc, origin)) from None
+    _check_plugin_sections(data, overrides, origin)
     cfg.source = str(Path(path).resolve()) if path is not None else None
     return cfg

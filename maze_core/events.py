@@ -7,9 +7,10 @@ optimistic concurrency), a ``type``, a timestamp ``ts``, an ``actor`` and a JSON
 ``hash = sha256(previous hash | seq | stream | version | type | ts | actor | data)`` chains the log:
 editing, dropping or reordering any event breaks every hash after it (``maze events verify``).
 
-The payload of each event type is described by a pydantic model below. The engine builds payloads
-as plain dicts on its hot path; ``validate_event`` checks one against its model (used by tests and
-by ``[engine] validate_events = true``).
+The payload of each event type is described by a pydantic model below (``EVENT_MODELS``: every
+type Maze appends). The engine builds payloads as plain dicts on its hot path; ``validate_event``
+checks one against its model (used by tests, by ``[engine] validate_events = true``, and by
+``Engine.record`` for every event handed to it).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Event(NamedTuple):
 
     @property
     def run_id(self) -> str | None:
-        return self.stream[4:] if self.stream.startswith("run:") else None
+        return stream_run_id(self.stream)
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -88,12 +89,32 @@ def tool_stream(name: str) -> str:
     return f"tool:{name}"
 
 
+def stream_run_id(stream: str) -> str | None:
+    """The run id of a ``run:<id>`` stream; None for any other stream."""
+    return stream[4:] if stream.startswith("run:") else None
+
+
+TOOLS_STREAM = "tools"   # the stream of tool-set events that name no single tool (ToolsReloaded)
+
+
+def clean_text(text: str | None) -> str | None:
+    """Text safe to store: lone surrogates (from undecodable bytes) become escapes."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # --------------------------------------------------------------------------- event type names
 RUN_SUBMITTED = "RunSubmitted"
 RUN_RESUMED = "RunResumed"
 RUN_SUCCEEDED = "RunSucceeded"
 RUN_FAILED = "RunFailed"
 RUN_CANCELLED = "RunCancelled"
+RUN_DESTROYED = "RunDestroyed"      # the server removed a finished run's folder (its record stays)
 TASK_QUEUED = "TaskQueued"
 TASK_STARTED = "TaskStarted"
 TASK_SUCCEEDED = "TaskSucceeded"
@@ -103,6 +124,7 @@ TASK_CANCELLED = "TaskCancelled"
 TASK_SKIPPED = "TaskSkipped"
 TOOL_REGISTERED = "ToolRegistered"
 TOOL_REMOVED = "ToolRemoved"
+TOOLS_RELOADED = "ToolsReloaded"    # one per reload of the tools: what changed, which packages
 
 RUN_TERMINAL = {RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED}
 TASK_TERMINAL_EVENTS = {TASK_SUCCEEDED, TASK_FAILED, TASK_CANCELLED, TASK_SKIPPED}
@@ -204,6 +226,31 @@ class ToolRemovedData(_Payload):
     reason: str
 
 
+class RunDestroyedData(_Payload):
+    files: int   # regular files removed with the run folder
+    bytes: int   # their total size
+
+
+class PackageChangesData(_Payload):
+    """What a reload found among the tool packages (entry-point names)."""
+
+    installed: list[str] = []
+    upgraded: list[str] = []
+    uninstalled: list[str] = []
+    failed: dict[str, str] = {}   # name -> why it failed to load
+
+
+class ToolsReloadedData(_Payload):
+    """The report of one reload: tool names by change, package changes, problems met."""
+
+    registered: list[str] = []
+    updated: list[str] = []
+    removed: list[str] = []
+    unchanged: list[str] = []
+    packages: PackageChangesData = PackageChangesData()
+    problems: list[str] = []
+
+
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     RUN_SUBMITTED: RunSubmittedData,
     RUN_RESUMED: RunResumedData,
@@ -219,6 +266,8 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     TASK_SKIPPED: TaskSkippedData,
     TOOL_REGISTERED: ToolRegisteredData,
     TOOL_REMOVED: ToolRemovedData,
+    RUN_DESTROYED: RunDestroyedData,
+    TOOLS_RELOADED: ToolsReloadedData,
 }
 
 

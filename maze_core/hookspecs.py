@@ -2,7 +2,10 @@
 
 Plugins implement them with ``@maze_core.hookimpl`` and are found through the entry-point group
 ``maze`` (``[project.entry-points.maze] name = "module"``). Hooks named ``register_*`` receive a
-``register`` callback: call it once per thing the plugin provides.
+``register`` callback: call it once per thing the plugin provides. ``start_cluster_head`` and
+``stop_cluster_head`` are ``firstresult`` hooks: the first plugin that returns something answers.
+Every hook has a test in ``tests/test_plugins.py`` (``@covers("hook")``); a hook without one fails
+``test_every_hook_has_a_test``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def register_config_sections(register: Any) -> None:
     their defaults even when no file sets them.
 
     Call ``register(name, schema)`` per section: ``schema`` is a pydantic model of the section
-    (validated against the file and ``MAZE_<NAME>_<KEY>`` variables) or a dict of its defaults."""
+    or a dict of its defaults. A model is checked against the file and the ``MAZE_<NAME>_<KEY>``
+    variables when the configuration is read (the error names the key), and the plugin reads its
+    section as that model: ``config.plugin_section(name, Model)``, or ``config.<name>``."""
 
 
 @hookspec
@@ -75,3 +80,23 @@ def register_routes(app: Any) -> None:
 @hookspec
 def register_commands(cli: Any) -> None:
     """Extend the ``maze`` command line: ``cli`` is the root click group; add commands to it."""
+
+
+@hookspec(firstresult=True)
+def start_cluster_head(config: Any, port: int, host: str | None, server_host: str) -> str | None:
+    """Start the head of a cluster on this machine for ``maze start --head``, and point this
+    process's executor at it (by changing ``config``, which the server then uses).
+
+    ``port`` and ``host`` are ``--ray-port`` and ``--ray-host`` (``host`` None: the plugin picks,
+    e.g. loopback when ``server_host``, the address the server binds, is loopback). Return the
+    head's address (``HOST:PORT``), which ``stop_cluster_head`` gets back; return None to leave it
+    to another plugin. The first address returned wins. Raise ``MazeError`` when the head cannot
+    start."""
+
+
+@hookspec(firstresult=True)
+def stop_cluster_head(config: Any, address: str) -> bool | None:
+    """Stop the cluster head that ``start_cluster_head`` started at ``address``, for ``maze stop``.
+
+    Return True once stopped; None when the head is not this plugin's. Called only when the server
+    that ``maze stop`` ends had started a head, so a cluster someone else runs is left alone."""

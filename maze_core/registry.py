@@ -562,14 +562,18 @@ class ToolRegistry:
         return registered
 
     def load_plugin_tools(self, pm: Any, versions: dict[str, str] | None = None) -> list[str]:
-        """Collect tools from every plugin's ``register_tools(register)`` hook.
+        """Collect tools from every plugin's ``register_tools(register)`` hook, called through
+        pluggy one plugin at a time (``pm.subset_hook_caller``, wrappers included), so that each
+        tool is attributed to its plugin and a plugin that raises costs only its own tools.
 
         Each function lands with source ``"package:<plugin name>"``. ``versions`` maps plugin
         names to their package's version, given to tools that declare none. A plugin whose hook
         raises is logged at ERROR and skipped; a function that cannot be registered is logged and
         skipped. Returns the names registered."""
         registered: list[str] = []
-        for impl in pm.hook.register_tools.get_hookimpls():
+        impls = pm.hook.register_tools.get_hookimpls()
+        wrappers = [impl.plugin for impl in impls if impl.hookwrapper or impl.wrapper]
+        for impl in impls:
             if impl.hookwrapper or impl.wrapper:
                 continue
             source = f"package:{impl.plugin_name}"
@@ -585,8 +589,11 @@ class ToolRegistry:
                 except TaskDefinitionError:
                     pass  # already logged at ERROR by register_task
 
+            # this plugin's implementation (and the wrappers of any plugin), through pluggy
+            only_this = pm.subset_hook_caller("register_tools", remove_plugins=[
+                i.plugin for i in impls if i.plugin is not impl.plugin and i.plugin not in wrappers])
             try:
-                impl.function(**({"register": register} if "register" in impl.argnames else {}))
+                only_this(register=register)
             except Exception:
                 logger.exception("plugin %r failed in register_tools", impl.plugin_name)
         return registered

@@ -3,32 +3,33 @@ reloading them without a restart (:func:`reload_tools`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import site
-import sys
+import weakref
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import events as ev
 from .config import MazeConfig
 from .events import NewEvent, compact_json
+from .plugins import PackageChanges, plugin_set
+
+__all__ = ["PackageChanges", "ReloadReport", "load_tools", "refresh_plugins", "reload_tools",
+           "scan_tool_folders", "tool_event", "tool_sync_events"]
 
 logger = logging.getLogger("maze.tools")
 
-TOOLS_STREAM = "tools"               # the stream of tool-set events that name no single tool
-TOOLS_RELOADED = "ToolsReloaded"     # one per reload: what changed, which packages came and went
-_FRAMEWORK = "maze-framework"        # its modules are never purged from sys.modules
+TOOLS_STREAM = ev.TOOLS_STREAM       # the stream of tool-set events that name no single tool
+TOOLS_RELOADED = ev.TOOLS_RELOADED   # one per reload: what changed, which packages came and went
 
-_loaded: set[int] = set()
+# the registries that already hold the plugins' tools: weak, so that a registry gone and a new one
+# at the same address (an ``id`` reused) is never taken for one already loaded
+_loaded: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _plugin_versions() -> dict[str, str]:
     """Entry-point name -> version of the distribution that provides it."""
-    from .plugins import get_plugins
-    return {p["name"]: p["version"] for p in get_plugins() if p.get("version")}
+    return plugin_set.versions()
 
 
 def scan_tool_folders(config: MazeConfig, registry: Any) -> list[str]:
@@ -51,11 +52,10 @@ def load_tools(config: MazeConfig, registry: Any) -> list[str]:
     """Register tools from installed packages (``register_tools``) and from ``[tools] paths``,
     once per registry. A broken package or module is logged and skipped (seed 003); a tool that
     declares no version gets its package's. Returns the problems found (missing folders)."""
-    if id(registry) in _loaded:
+    if registry in _loaded:
         return []
-    _loaded.add(id(registry))
-    from .plugins import load_plugins
-    registry.load_plugin_tools(load_plugins(), versions=_plugin_versions())
+    _loaded.add(registry)
+    registry.load_plugin_tools(plugin_set.load(), versions=_plugin_versions())
     return scan_tool_folders(config, registry)
 
 
@@ -96,16 +96,6 @@ def tool_sync_events(store: Any, registry: Any, actor: str) -> list[NewEvent]:
 
 # ---------------------------------------------------------------------------------------- reload
 @dataclass
-class PackageChanges:
-    """What a re-read of the entry points found: plugin (entry-point) names."""
-
-    installed: list[str] = field(default_factory=list)
-    upgraded: list[str] = field(default_factory=list)
-    uninstalled: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class ReloadReport:
     """The outcome of :func:`reload_tools`: tool names by change, the package changes and the
     problems met (a folder that does not exist). Failed packages and tools that could not be
@@ -122,115 +112,10 @@ class ReloadReport:
         return asdict(self)
 
 
-def _invalidate_caches() -> None:
-    """Forget what the import system and importlib_metadata remember of the file system, so that a
-    ``pip install`` made after this process started is seen."""
-    import importlib_metadata
-    importlib.invalidate_caches()
-    finder = getattr(importlib_metadata, "MetadataPathFinder", None)
-    if finder is not None and hasattr(finder, "invalidate_caches"):
-        finder.invalidate_caches()
-
-
-def _top_module(ep: Any) -> str:
-    return ep.value.split(":", 1)[0].strip().split(".", 1)[0]
-
-
-def _purge_modules(ep: Any) -> None:
-    """Drop a tool package's modules from ``sys.modules`` so that loading it again imports the code
-    installed now (an upgrade). The framework's own modules are never dropped."""
-    dist = getattr(ep, "dist", None)
-    if dist is not None and dist.name.replace("_", "-").lower() == _FRAMEWORK:
-        return
-    top = _top_module(ep)
-    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-        del sys.modules[name]
-
-
-def _activate_path_files(dist: Any) -> bool:
-    """Process the ``.pth`` files of a distribution installed after start-up (an editable install
-    puts its import hook in one; Python reads them only at start). True if there was one."""
-    found = False
-    for file in getattr(dist, "files", None) or []:
-        if str(file).endswith(".pth"):
-            path = Path(dist.locate_file(file))
-            if path.is_file():
-                site.addpackage(str(path.parent), path.name, None)
-                found = True
-    if found:
-        importlib.invalidate_caches()
-    return found
-
-
-def _load_entry_point(ep: Any) -> Any:
-    try:
-        return ep.load()
-    except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".", 1)[0]
-        if missing != _top_module(ep) or not _activate_path_files(getattr(ep, "dist", None)):
-            raise
-        return ep.load()
-
-
-def _provides_tools(pm: Any, plugin: Any) -> bool:
-    return any(caller.name == "register_tools" for caller in pm.get_hookcallers(plugin) or [])
-
-
 def refresh_plugins() -> PackageChanges:
-    """Re-read the entry points of group ``maze`` (honouring ``MAZE_LOAD_PLUGINS``) and bring the
-    plugin manager in line: load packages installed since start-up (or that failed before), load
-    upgraded tool packages again (their modules re-imported), and drop tool packages that were
-    uninstalled. A package that fails to load is logged at ERROR and reported by ``maze plugins``;
-    the others load (seed 003 fail-safe). Plugins that provide no tools are never dropped: an
-    executor or a store in use cannot be swapped under a running engine."""
-    import importlib_metadata
-
-    from . import plugins
-    pm = plugins.load_plugins()
-    _invalidate_caches()
-    allowed = plugins.allowed_plugins()
-    found: dict[str, Any] = {}
-    for ep in importlib_metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
-        if allowed is None or ep.name in allowed:
-            found.setdefault(ep.name, ep)
-    changes = PackageChanges()
-    with plugins._lock:
-        for name, (_dist, version) in list(plugins._versions.items()):
-            plugin = pm.get_plugin(name)
-            if plugin is None or not _provides_tools(pm, plugin):
-                continue
-            ep = found.get(name)
-            if ep is not None and (ep.dist is None or ep.dist.version == version):
-                continue
-            pm.unregister(name=name)
-            del plugins._versions[name]
-            if ep is None:
-                changes.uninstalled.append(name)
-                logger.info("tool package %r was uninstalled", name)
-            else:
-                _purge_modules(ep)
-                changes.upgraded.append(name)
-                logger.info("tool package %r changed version (%s -> %s)", name, version, ep.dist.version)
-        for name in [n for n in plugins._failed if n not in found]:
-            del plugins._failed[name]
-        for name, ep in found.items():
-            if pm.get_plugin(name) is not None:
-                continue
-            if plugins._failed.pop(name, None) is not None:
-                _purge_modules(ep)  # a half-imported package from the failed attempt
-            try:
-                pm.register(_load_entry_point(ep), name=name)
-            except Exception as exc:  # one broken package must not take the others down
-                plugins._failed[name] = changes.failed[name] = f"{type(exc).__name__}: {exc}"
-                logger.error("tool package %r (%s) failed to load: %s", name, ep.value,
-                             changes.failed[name])
-                continue
-            if ep.dist is not None:
-                plugins._versions[name] = (ep.dist.name, ep.dist.version)
-            if name not in changes.upgraded:
-                changes.installed.append(name)
-                logger.info("tool package %r installed", name)
-    return changes
+    """Bring the process's plugins in line with what is installed now
+    (:meth:`maze_core.plugins.PluginSet.refresh`)."""
+    return plugin_set.refresh()
 
 
 def _same_code(a: Any, b: Any) -> bool:
@@ -238,7 +123,7 @@ def _same_code(a: Any, b: Any) -> bool:
     return code_a is not None and code_a == code_b
 
 
-def reload_tools(config: MazeConfig, registry: Any, store: Any = None,
+def reload_tools(config: MazeConfig, registry: Any, engine: Any = None,
                  actor: str = "system") -> ReloadReport:
     """Pick up tool packages installed, upgraded or removed since start-up, and the current state of
     the ``[tools] paths`` folders, without a restart (``maze tools reload``, ``POST /tools/reload``).
@@ -247,11 +132,13 @@ def reload_tools(config: MazeConfig, registry: Any, store: Any = None,
     uploaded tools and tools registered by code are left alone (a package tool of the same name
     does not replace them). A folder tool whose code and metadata did not change keeps its
     function. Registry listeners (a running engine) record each change as it happens; with
-    ``store``, whatever the log does not yet say is appended, followed by one ``ToolsReloaded``
-    event (stream ``tools``) carrying the report. The report's tool lists compare with the log
-    when ``store`` is given (a fresh ``maze`` process), else with the registry as it was."""
+    ``engine`` (the door into the log: ``engine.record``), whatever the log (``engine.store``)
+    does not yet say is recorded, followed by one ``ToolsReloaded`` event (stream ``tools``)
+    carrying the report. The report's tool lists compare with the log when ``engine`` is given
+    (a fresh ``maze`` process), else with the registry as it was."""
     from .plugins import load_plugins
     from .registry import ToolRegistry
+    store = engine.store if engine is not None else None
     before = {row["name"]: row for row in store.list_tools()} if store is not None else None
     packages = refresh_plugins()
     fresh = ToolRegistry()
@@ -266,7 +153,7 @@ def reload_tools(config: MazeConfig, registry: Any, store: Any = None,
         _apply(fresh, registry, report, uninstalled)
     finally:
         unsubscribe()
-    _loaded.add(id(registry))
+    _loaded.add(registry)
     if store is not None:
         now = {name: registry.get(name) for name in registry.names()}
         report.registered = sorted(n for n in now if n not in before)
@@ -278,7 +165,7 @@ def reload_tools(config: MazeConfig, registry: Any, store: Any = None,
         for event in catch_up:
             if event.type == ev.TOOL_REMOVED and reasons.get(event.data["name"]):
                 event.data["reason"] = reasons[event.data["name"]]
-        store.append([*catch_up, NewEvent(TOOLS_STREAM, TOOLS_RELOADED, report.to_dict(), actor)])
+        engine.record([*catch_up, NewEvent(TOOLS_STREAM, TOOLS_RELOADED, report.to_dict(), actor)])
     return report
 
 

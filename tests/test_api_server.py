@@ -536,7 +536,7 @@ def read_sse(response: httpx.Response) -> list[dict]:
 
 def test_live_event_stream_follows_a_run_to_its_end(alice, api):
     engine = api["engine"]
-    baseline = len(engine._subscribers)
+    baseline = engine.stats().subscribers
     run_id = submit_ok(alice, seed_payload(("t1", gated, [], {"name": "sse"}),
                                            ("t2", summarize, ["t1"], {"text": "t1.output.gate"})))
     wait_task(alice, run_id, "t1", "running")
@@ -550,7 +550,7 @@ def test_live_event_stream_follows_a_run_to_its_end(alice, api):
     listener = threading.Thread(target=listen)
     listener.start()
     deadline = time.monotonic() + 10
-    while not any(e["event"] == "TaskStarted" for e in received) and len(engine._subscribers) == baseline:
+    while not any(e["event"] == "TaskStarted" for e in received) and engine.stats().subscribers == baseline:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     time.sleep(0.3)   # at least one keep-alive while the task waits
@@ -563,13 +563,13 @@ def test_live_event_stream_follows_a_run_to_its_end(alice, api):
     seqs = [int(e["id"]) for e in received]
     assert seqs == sorted(set(seqs))                     # each once, in order
     assert json.loads(received[-1]["data"])["data"]["status"] == "succeeded"
-    assert len(engine._subscribers) == baseline          # the subscription ended with the stream
+    assert engine.stats().subscribers == baseline          # the subscription ended with the stream
     # resuming after an id sends only what came later; a finished run's stream ends at once
     with alice.stream("GET", f"/runs/{run_id}/events/stream", headers={"Last-Event-ID": str(seqs[-2])}) as r:
         assert [int(e["id"]) for e in read_sse(r)] == [seqs[-1]]
     with alice.stream("GET", f"/runs/{run_id}/events/stream", params={"after": seqs[-1]}) as r:
         assert read_sse(r) == []
-    assert len(engine._subscribers) == baseline
+    assert engine.stats().subscribers == baseline
 
 
 def test_malformed_last_event_id_is_ignored(alice):
@@ -587,15 +587,15 @@ def test_malformed_last_event_id_is_ignored(alice):
 
 def test_event_stream_client_leaving_ends_the_subscription(alice, api):
     engine = api["engine"]
-    baseline = len(engine._subscribers)
+    baseline = engine.stats().subscribers
     run_id = submit_ok(alice, seed_payload(("t1", gated, [], {"name": "sse-leave"})))
     with alice.stream("GET", f"/runs/{run_id}/events/stream") as response:
         lines = response.iter_lines()
         while not next(lines).startswith("event: RunSubmitted"):
             pass
-        assert len(engine._subscribers) == baseline + 1
+        assert engine.stats().subscribers == baseline + 1
     deadline = time.monotonic() + 5
-    while len(engine._subscribers) != baseline:
+    while engine.stats().subscribers != baseline:
         assert time.monotonic() < deadline, "the stream's subscription outlived its client"
         time.sleep(0.01)
     gate("sse-leave").set()

@@ -279,8 +279,8 @@ def test_corrupt_config_names_the_key(tmp_path, cli_env):
 def test_plugins_lists_default_plugins_with_their_hooks(tmp_path, cli_env):
     out = maze("plugins", "--json", env=cli_env, cwd=tmp_path)
     plugins = {p["name"]: p for p in json.loads(out.stdout)}
-    assert plugins["sqlite"]["hooks"] == ["register_stores"]
-    assert plugins["local"]["hooks"] == ["register_executors"]
+    assert plugins["sqlite"]["hooks"] == ["register_config_sections", "register_stores"]
+    assert plugins["local"]["hooks"] == ["register_config_sections", "register_executors"]
     assert plugins["daps"]["hooks"] == ["register_config_sections", "register_schedulers"]
     assert plugins["sqlite"]["package"] == "maze-framework"
     only = maze("plugins", "--json", env={**cli_env, "MAZE_LOAD_PLUGINS": "sqlite"}, cwd=tmp_path)
@@ -301,13 +301,16 @@ def test_tools_lists_tools_from_a_configured_folder(tmp_path, cli_env):
     listed = {t["name"]: t for t in json.loads(out.stdout)}
     assert listed["greet"]["description"] == "Say hello"
     assert listed["greet"]["source"].startswith("dir:")
-    # listing records what is installed, once
-    maze("tools", "--json", env=env, cwd=tmp_path)
+    # a listing only reads (not even the log is opened); `maze tools reload` records what is
+    # installed, once
+    assert not (tmp_path / "data" / "maze.db").exists()
     from maze_sqlite.store import SqliteStore
+    maze("tools", "reload", env=env, cwd=tmp_path)
+    maze("tools", "reload", env=env, cwd=tmp_path)
     store = SqliteStore(tmp_path / "data" / "maze.db")
     assert [e.type for e in store.read_stream("tool:greet")] == ["ToolRegistered"]
     (tools / "greet.py").unlink()
-    maze("tools", "--json", env=env, cwd=tmp_path)
+    maze("tools", "reload", env=env, cwd=tmp_path)
     assert [e.type for e in store.read_stream("tool:greet")] == ["ToolRegistered", "ToolRemoved"]
 
 

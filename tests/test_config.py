@@ -58,6 +58,9 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     ("[engine]\nretries = -1\n", "[engine] retries"),
     ("[engine]\nretriez = 1\n", "[engine] retriez"),
     ("[local]\ncpus = -1\n", "[local] cpus"),
+    ("[local]\ncpu = 2\n", "[local] cpu"),
+    ("[sqlite]\nsynchronous = 'SOMETIMES'\n", "[sqlite] synchronous"),
+    ("sqlite = 3\n", "[sqlite] must be a table"),
     ("server = 3\n", "[server] must be a table"),
     ("[paths\n", "not valid TOML"),
 ])
@@ -75,6 +78,10 @@ def test_bad_environment_override_names_the_variable():
         load_config(None, environ={"MAZE_SERVER_PORT": "http"})
     with pytest.raises(ConfigError, match="MAZE_ENGINE_NOPE"):
         load_config(None, environ={"MAZE_ENGINE_NOPE": "1"})
+    with pytest.raises(ConfigError, match=r"environment variable MAZE_LOCAL_CPUS: \[local\] cpus"):
+        load_config(None, environ={"MAZE_LOCAL_CPUS": "many"})
+    with pytest.raises(ConfigError, match=r"environment variable MAZE_SQLITE_NOPE: \[sqlite\] nope"):
+        load_config(None, environ={"MAZE_SQLITE_NOPE": "1"})
 
 
 def test_missing_file_is_an_error(tmp_path):
@@ -86,3 +93,34 @@ def test_plugin_sections_are_kept(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[ray]\naddress = 'auto'\n")
     assert load_config(f, environ={}).section("ray") == {"address": "auto"}
+
+
+def test_local_and_sqlite_are_the_plugins_sections():
+    """[local] and [sqlite] are modelled by maze_local and maze_sqlite (register_config_sections),
+    not by maze_core.config; ``config.local`` is the plugin's model, one object per config, so a
+    change made to it is what the executor reads."""
+    from maze_core.plugins import config_sections
+    from maze_local import LocalConfig
+    from maze_sqlite import SqliteConfig
+
+    assert "local" not in MazeConfig.model_fields and "sqlite" not in MazeConfig.model_fields
+    assert config_sections()["local"] is LocalConfig and config_sections()["sqlite"] is SqliteConfig
+    cfg = load_config(None, environ={"MAZE_SQLITE_FILENAME": "x.db", "MAZE_LOCAL_PREFETCH": "2"})
+    assert isinstance(cfg.sqlite, SqliteConfig) and cfg.sqlite.filename == "x.db"
+    assert cfg.local is LocalConfig.from_config(cfg) and cfg.local.prefetch == 2.0
+    cfg.local.cpus = 3
+    assert cfg.section("local")["cpus"] == 3.0 and cfg.local.cpus == 3.0
+    with pytest.raises(ValueError):
+        cfg.local.cpus = -1   # the plugin's model checks assignments too
+
+
+def test_a_bad_plugin_section_is_one_error_at_load(tmp_path):
+    """Every section a loaded plugin models is checked when the configuration is read ([ray] and
+    [daps] too), naming the key and the file."""
+    f = tmp_path / "config.toml"
+    f.write_text("[ray]\nprefetch = 'lots'\n")
+    with pytest.raises(ConfigError, match=rf"{f}: \[ray\] prefetch"):
+        load_config(f, environ={})
+    f.write_text("[daps]\nageing = 1\n")
+    with pytest.raises(ConfigError, match=r"\[daps\] ageing: Extra inputs are not permitted"):
+        load_config(f, environ={})

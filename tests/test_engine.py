@@ -219,7 +219,7 @@ def test_cancel_whole_run_and_unknown_ids(engine):
             engine.cancel("no-such-run")
         assert sorted(engine.cancel(run_id)) == sorted([a, b])
         assert engine.wait(run_id, timeout=10)["status"] == "cancelled"
-        assert engine._active == 0, "cancelled attempts no longer count as in flight"
+        assert engine.stats().active_attempts == 0, "cancelled attempts no longer count as in flight"
     finally:
         gates["c2"].set()
 
@@ -432,7 +432,7 @@ def test_a_run_moved_by_another_writer_is_dropped_not_corrupted(config):
                                       {"status": "cancelled", "error": "taken over", "failed_tasks": []},
                                       actor="other")])
         gates["w1"].set()
-        _wait_for(lambda: run_id not in eng._runs)
+        _wait_for(lambda: run_id not in eng.stats().runs)
         # this engine dropped the run without writing into its stream, and keeps working
         assert [e.type for e in events_of(eng, run_id)][-1] == ev.RUN_CANCELLED
         assert eng.store.get_run(run_id)["status"] == "cancelled"
@@ -671,14 +671,13 @@ def test_tool_events_and_observers_stay_on_the_engine_thread(config):
 
 
 def test_timeouts_of_finished_tasks_do_not_pile_up(engine, monkeypatch):
-    import maze_core.engine as engine_module
-    monkeypatch.setattr(engine_module, "TIMERS_COMPACT_MIN", 50)
-    engine._timers_compact_at = 50
+    from maze_core.engine import timers
+    monkeypatch.setattr(timers, "TIMERS_COMPACT_MIN", 50)   # read at each sweep: the running engine sees it
     dag = DAG("many-timeouts")
     for i in range(300):
         dag.add_task(add, inputs={"a": i, "b": 1}, timeout=600)
     assert engine.wait(engine.submit(dag), timeout=30)["status"] == "succeeded"
-    assert len(engine._timers) < 120     # 300 finished tasks left no 600 s timers behind
+    assert engine.stats().pending_timers < 120     # 300 finished tasks left no 600 s timers behind
 
 
 def test_progress_bar_follows_the_run(engine):
@@ -711,13 +710,14 @@ def test_results_are_released_once_every_consumer_was_dispatched(engine):
     try:
         run_id = engine.submit(dag)
         _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("succeeded", 0) >= 4)
-        assert engine._live[run_id] == {}          # src, a and b were all consumed; held has no consumer
+        assert engine.stats().held_results[run_id] == 0   # src, a and b were all consumed; held has no consumer
     finally:
         gates["rel"].set()
     assert engine.wait(run_id, timeout=20)["status"] == "succeeded"
     assert engine.result(run_id, retried) == {"seen": [1, "a", "x"]}
     assert engine.result(run_id, b) == {"items": [1, "b"]} and held
-    assert run_id not in engine._live and run_id not in engine._unserved
+    stats = engine.stats()
+    assert run_id not in stats.held_results and run_id not in stats.awaited_results
 
 
 def test_a_result_whose_consumers_are_all_skipped_is_released(engine):
@@ -733,7 +733,7 @@ def test_a_result_whose_consumers_are_all_skipped_is_released(engine):
         run_id = engine.submit(dag)
         _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("skipped", 0) == 1)
         _wait_for(lambda: engine.store.get_run(run_id)["task_counts"].get("succeeded", 0) == 1)
-        assert engine._live[run_id] == {}, "the skipped consumer's input is still held"
+        assert engine.stats().held_results[run_id] == 0, "the skipped consumer's input is still held"
     finally:
         gates["rel-skip"].set()
     assert engine.wait(run_id, timeout=20)["status"] == "failed"

@@ -110,4 +110,4 @@ def test_random_workflows_end_as_the_model_says(policy_engine, seed):
                 assert queued[tid] == 0
     assert verify_chain(engine.store).ok
     assert replay_check(engine.store) == []
-    assert engine._active == 0, "the engine's count of attempts in flight (group commit) drifted"
+    assert engine.stats().active_attempts == 0, "the engine's count of attempts in flight (group commit) drifted"

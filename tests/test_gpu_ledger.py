@@ -6,7 +6,8 @@ from __future__ import annotations
 import stat
 
 from maze_core.resources import normalize
-from maze_ray.executor import RayConfig, _read_gpu_memory
+from maze_ray.bootstrap import _read_gpu_memory
+from maze_ray.config import RayConfig
 from maze_ray.ledger import Gpu, GpuLedger, Node
 
 
@@ -122,7 +123,7 @@ def test_config_toml_documents_every_ray_key():
 
 
 def test_joining_a_token_protected_head_turns_token_mode_on(tmp_path):
-    from maze_ray.executor import use_cluster_token
+    from maze_ray.bootstrap import use_cluster_token
     token = tmp_path / "auth_token"
     env = {"RAY_AUTH_TOKEN_PATH": str(token)}
     assert not use_cluster_token(env) and "RAY_AUTH_MODE" not in env, "no token: leave Ray alone"

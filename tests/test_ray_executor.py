@@ -37,15 +37,15 @@ class TestRayContract(ExecutorContract):
 
 
 def test_admission_depth_adapts_to_task_durations():
-    ex = _executor(prefetch=16)
-    assert ex._depth() == 1.0, "before any task ends: one queued task per CPU"
-    ex._avg_s = 0.0005                     # half-millisecond tasks: queue ~5 ms of them per CPU
-    assert ex._depth() == pytest.approx(10.0)
-    ex._avg_s = 0.00001
-    assert ex._depth() == 16.0, "never more than [ray] prefetch"
-    ex._avg_s = 2.0                        # long tasks stay in the policy's queue
-    assert ex._depth() == 1.0
-    assert _executor(prefetch=0)._depth() == 0.0
+    books = _executor(prefetch=16)._books
+    assert books.depth() == 1.0, "before any task ends: one queued task per CPU"
+    books.avg_s = 0.0005                   # half-millisecond tasks: queue ~5 ms of them per CPU
+    assert books.depth() == pytest.approx(10.0)
+    books.avg_s = 0.00001
+    assert books.depth() == 16.0, "never more than [ray] prefetch"
+    books.avg_s = 2.0                      # long tasks stay in the policy's queue
+    assert books.depth() == 1.0
+    assert _executor(prefetch=0)._books.depth() == 0.0
 
 
 # ---------------------------------------------------------------------------- engine on Ray
@@ -593,7 +593,7 @@ def _inv(task_id, func, res, grant):
 def test_cpu_admission_follows_nodes_that_join_and_leave(ray_cluster, monkeypatch):
     """CPU-only work must see the cluster change too: a node that left no longer counts as CPUs
     to start tasks on (else tasks queued in Ray are reported started and time out there)."""
-    from maze_ray import executor as mod
+    from maze_ray import nodes as mod
     monkeypatch.setattr(mod, "REFRESH_S", 0.0)
     ex = _executor(address=ray_cluster.address, prefetch=0)
     collector_calls = []
@@ -624,13 +624,13 @@ def test_a_ray_failure_with_a_blank_message_is_still_reported():
     blank raised IndexError there, which ended the thread: no task was ever reported again."""
     from maze_core.executor import Invocation
     from maze_core.testing.executor_contract import ReportCollector
-    from maze_ray.executor import _Job
+    from maze_ray.jobs import Job
     ex = _executor()
     collector = ReportCollector()
     ex._report = collector
     inv = Invocation("run-review", "blank", 1, _pid_and_devices, {}, normalize({"cpu": 1}))
-    job = _Job(inv, None, True, 1.0, 0, {}, started=True)
-    ex._jobs[("run-review", "blank")] = job
+    job = Job(inv, None, True, 1.0, 0, {}, started=True)
+    ex._books.jobs[("run-review", "blank")] = job
     ex._done(job, None, RuntimeError("  \n "))
     end = collector.until_end("blank")[-1]
     assert end.kind == "failed" and end.error.startswith("RuntimeError")
@@ -784,31 +784,6 @@ def test_cancelling_a_call_of_a_fused_batch_stops_it_and_not_the_others(ray_engi
     release.touch()
 
 
-def test_fused_batches_keep_every_cpu_busy():
-    from maze_core.executor import Invocation
-    ex = _executor()
-    ex._cpu_total = 4.0
-
-    def tiny(i):
-        return i
-
-    ex._fn_stats[tiny] = [10, 0.00001]
-    group = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(10)]
-    assert [len(b) for b in ex._split(group, 0.00001)] == [3, 3, 3, 1], "at least a batch per CPU"
-    assert [len(b) for b in ex._split(group, 0.0008)] == [2] * 5, "0.8 ms calls: two make 2 ms"
-    big = [Invocation("r", f"t{i}", 1, tiny, {"i": i}, normalize({})) for i in range(1000)]
-    assert max(len(b) for b in ex._split(big, 0.0)) == 64, "FUSE_MAX calls at most"
-    assert ex._fusable(group[0]) is not None
-    assert ex._fusable(Invocation("r", "t", 2, tiny, {}, normalize({}))) is None, "a retry runs alone"
-    assert ex._fusable(Invocation("r", "t", 1, tiny, {}, normalize({}), timeout=600)) is None, \
-        "a call behind a hung one in its batch would time out with it"
-    assert ex._fusable(Invocation("r", "t", 1, tiny, {}, normalize({"cpu_num": 2}))) is None
-    ex._fn_stats[tiny] = [10, 0.01]
-    assert ex._fusable(group[0]) is None, "10 ms calls are not tiny"
-    ex._fn_stats[tiny] = [2, 0.0]
-    assert ex._fusable(group[0]) is None, "not before FUSE_MIN_SEEN runs"
-
-
 def test_a_lost_upstream_object_is_classified_and_retried_once_from_the_log(ray_engine):
     """Ray may lose an object it held for a consumer (its node left; the producer is not rerun):
     not the consumer's fault, so it is tried once more whatever its retries, from the log."""
@@ -943,7 +918,7 @@ def test_a_warm_model_on_another_device_does_not_make_ray_queue_a_task_that_fits
 
 
 def test_device_resources_for_a_node_of_this_machine():
-    from maze_ray.executor import device_resources
+    from maze_ray.bootstrap import device_resources
     assert device_resources(2, [10000]) == {"maze_gpu0_mb": 10000, "maze_gpu1_mb": 10000}
     assert device_resources(2, [8000, 24000]) == {"maze_gpu0_mb": 8000, "maze_gpu1_mb": 24000}
     assert device_resources(0, [10000]) == {}, "no GPUs"

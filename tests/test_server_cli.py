@@ -1,6 +1,7 @@
 """``maze start`` / ``maze stop`` / ``maze token new``: the real command in subprocesses serving the
 real API (engine, store and executor in the server process), and the ``--head`` and Ray hand-offs
-with the Ray side replaced by fakes."""
+(the Ray plugin's ``start_cluster_head`` / ``stop_cluster_head``) with ``ray start`` / ``ray stop``
+replaced by fakes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import click
@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import maze_server
 from maze_api.auth import hash_token
 from maze_api.testing import logging_restored
-from maze_core import task
+from maze_core import plugins, task
 from maze_core.cli import _Ctx
 from maze_core.dag import DAG
 from tests.conftest import maze_exe
@@ -214,19 +214,19 @@ def cli(tmp_path):
     return _server_cli(tmp_path)
 
 
-def test_head_without_the_ray_plugin_is_a_clear_error(cli, monkeypatch):
-    monkeypatch.setitem(sys.modules, "maze_ray.cluster", None)   # import fails
-    result = CliRunner().invoke(cli, ["start", "--head", "--port", "0"])
+def test_head_without_the_ray_plugin_is_a_clear_error(cli):
+    with plugins.plugin_set.without("ray"):   # no plugin implements start_cluster_head
+        result = CliRunner().invoke(cli, ["start", "--head", "--port", "0"])
     assert result.exit_code == 1
     assert "--head needs the Ray plugin" in result.output
 
 
 def test_head_starts_ray_and_points_the_engine_at_it(cli, monkeypatch):
+    from maze_ray import cluster
     calls = {}
-    fake = types.ModuleType("maze_ray.cluster")
-    fake.start_head = lambda port, host: calls.setdefault("head", (port, host)) and "10.1.2.3:7000"
-    fake.node_ip = lambda: "10.1.2.3"
-    monkeypatch.setitem(sys.modules, "maze_ray.cluster", fake)
+    monkeypatch.setattr(cluster, "start_head",
+                        lambda port, host: calls.setdefault("head", (port, host)) and "10.1.2.3:7000")
+    monkeypatch.setattr(cluster, "node_ip", lambda: "10.1.2.3")
 
     def fake_serve(config, host, port, ray_head=None):
         calls["serve"] = (host, port, ray_head, config.section("ray").get("address"), config.engine.executor)
@@ -243,10 +243,9 @@ def test_head_starts_ray_and_points_the_engine_at_it(cli, monkeypatch):
 
 
 def test_stop_stops_ray_only_when_this_server_started_a_head(cli, monkeypatch, tmp_path):
+    from maze_ray import cluster
     stopped = []
-    fake = types.ModuleType("maze_ray.cluster")
-    fake.stop_ray = lambda: stopped.append(True)
-    monkeypatch.setitem(sys.modules, "maze_ray.cluster", fake)
+    monkeypatch.setattr(cluster, "stop_ray", lambda: stopped.append(True))
     data = tmp_path / "data"
     data.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -296,3 +295,33 @@ def test_start_checks_the_host_from_the_config_file_too(tmp_path, monkeypatch):
     allowed = CliRunner().invoke(cli_for(f'tokens = ["ops={hash_token(TOKEN)}"]\n'), ["start"])
     assert allowed.exit_code == 0, allowed.output
     assert served == ["127.0.0.1", "0.0.0.0"]
+
+
+def test_the_ray_plugin_picks_the_head_address_and_the_executor(tmp_path, monkeypatch):
+    """Its ``start_cluster_head``: a server bound beyond loopback gets a head on this machine's
+    address (so workers can join); ``executor = "local"`` becomes ``"ray"``, ``"auto"`` stays."""
+    import maze_ray
+    from maze_ray import cluster
+    from tests.conftest import make_config
+    started = []
+    monkeypatch.setattr(cluster, "start_head", lambda port, host: started.append((port, host)) or f"{host}:{port}")
+    monkeypatch.setattr(cluster, "node_ip", lambda: "10.1.2.3")
+    config = make_config(tmp_path)
+    config.engine.executor = "auto"
+    assert maze_ray.start_cluster_head(config=config, port=7000, host=None, server_host="0.0.0.0") == "10.1.2.3:7000"
+    assert started == [(7000, "10.1.2.3")]
+    assert config.section("ray")["address"] == "10.1.2.3:7000" and config.engine.executor == "auto"
+    config.engine.executor = "local"
+    maze_ray.start_cluster_head(config=config, port=7000, host=None, server_host="::1")
+    assert started[-1] == (7000, "127.0.0.1") and config.engine.executor == "ray"
+
+
+def test_the_server_plugin_names_no_executor_plugin():
+    """``--head`` goes through hooks: maze_server imports nothing of maze_ray (nor any executor)."""
+    import ast
+    source = Path(maze_server.__file__).read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported if name.split(".")[0] in ("maze_ray", "maze_local", "ray")}

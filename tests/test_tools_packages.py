@@ -55,7 +55,7 @@ def test_installed_packages_arrive_through_the_entry_points_and_the_hook():
         assert entry.source == f"package:{package}" and entry.version == "0.1.0"
 
 
-def test_maze_tools_lists_them_and_records_them_as_events(tmp_path, cli_env):
+def test_maze_tools_lists_them_and_reload_records_them_as_events(tmp_path, cli_env):
     out = maze("tools", "--json", env=cli_env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     tools = {t["name"]: t for t in json.loads(out.stdout)}
@@ -66,6 +66,10 @@ def test_maze_tools_lists_them_and_records_them_as_events(tmp_path, cli_env):
     human = maze("tools", env=cli_env, cwd=tmp_path)
     assert "text_chunk@0.1.0" in human.stdout and "embed_texts@0.1.0" in human.stdout
     from maze_sqlite.store import SqliteStore
+    # a listing only reads (not even the log is opened); recording is `maze tools reload`'s job
+    assert not (tmp_path / "data" / "maze.db").exists()
+    reloaded = maze("tools", "reload", env=cli_env, cwd=tmp_path)
+    assert reloaded.returncode == 0, reloaded.stderr
     store = SqliteStore(tmp_path / "data" / "maze.db")
     try:
         [event] = store.read_stream("tool:text_chunk")

@@ -1,5 +1,6 @@
 """``maze demo --example rag``: the real pipeline on the CPU (the embedding model is the same
-process-wide instance the embedding tests load), its shape, and its failure without the tools."""
+process-wide instance the embedding tests load), its shape, and its failure without the tools. The
+example lives in ``examples/rag/`` and the CLI loads it by its path (``maze_core.demo.examples``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from maze_api.testing import logging_restored
+from maze_core.demo.examples import load_example
 
 try:
-    from maze_core.demo import rag
+    rag = load_example("rag")
     rag.require_tools()
 except RuntimeError as exc:  # CI installs everything (MAZE_REQUIRE_TOOLS=1): no skip there
     if os.environ.get("MAZE_REQUIRE_TOOLS"):
@@ -132,3 +134,34 @@ def test_the_example_says_what_is_missing_and_how_to_install_it(tmp_path, hidden
     assert out.returncode == 2, out.stderr
     assert expected in out.stderr and "pip install" in out.stderr
     assert not (tmp_path / "data" / "maze.db").exists()  # refused before anything was recorded
+
+
+def test_the_example_lives_in_examples_and_ships_by_value():
+    """Not a module of maze_core: loaded from examples/rag/ by its path; its own steps travel by
+    value (a resumed run or a Ray worker loads them without the file)."""
+    import importlib.util
+
+    import cloudpickle
+
+    from tests.conftest import REPO
+    assert importlib.util.find_spec("maze_core.demo.rag") is None
+    assert rag.__file__ == str(REPO / "examples" / "rag" / "rag_pipeline.py")
+    assert rag.DOCS == REPO / "examples" / "rag" / "docs"
+    assert load_example("rag") is rag   # once per process
+    shipped = cloudpickle.dumps(rag.rag_answer)
+    assert b"_sentences" in shipped   # the code itself (and what it uses), not a reference to a module
+    assert cloudpickle.loads(shipped).__name__ == "rag_answer"
+
+
+def test_the_workflow_file_runs_the_same_pipeline(tmp_path, monkeypatch):
+    """``maze run examples/rag/workflow.py`` imports the pipeline from its own folder."""
+    from maze_core.cli import _load_workflow_file
+    from tests.conftest import REPO
+    monkeypatch.setenv("RAG_QUESTIONS", "Who invented the safety bicycle?")
+    monkeypatch.setattr(sys, "path", list(sys.path))   # the loader puts the file's folder first
+    try:
+        dag = _load_workflow_file(REPO / "examples" / "rag" / "workflow.py", None)
+    finally:
+        sys.modules.pop("rag_pipeline", None)
+    names = [node.func_name for node in dag.tasks.values()]
+    assert names.count("embed_texts") == len(list(rag.DOCS.iterdir())) and names.count("rag_answer") == 1

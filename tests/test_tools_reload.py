@@ -66,6 +66,18 @@ def store(tmp_path):
     s.close()
 
 
+@pytest.fixture
+def recorder(tmp_path, store):
+    """The door into ``store`` for a reload without a server: an engine that runs nothing and
+    follows no registry of its own (what ``maze tools reload`` starts). The log is read from
+    ``store`` as before; every event reaches it through ``recorder.record``."""
+    from maze_core.engine import Engine
+    engine = Engine.from_config(make_config(tmp_path), store=store, registry=ToolRegistry())
+    engine.start(resume=False, follow_registry=False)
+    yield engine
+    engine.stop()
+
+
 def install(site: Path, short: str, version: str, body: str, extra_files: dict[str, str] | None = None) -> None:
     """Write package ``maze_tool_<short>`` and its dist-info (entry point ``<short>`` in group maze)."""
     module = f"maze_tool_{short}"
@@ -146,10 +158,10 @@ def types(store, name: str) -> list[str]:
 # ---------------------------------------------------------------------------------------- install
 
 
-def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it(tmp_path, site_dir, store):
+def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it(tmp_path, site_dir, store, recorder):
     config = make_config(tmp_path)
     registry = ToolRegistry()
-    reload_tools(config, registry, store, actor="test")
+    reload_tools(config, registry, recorder, actor="test")
     assert "reloadprobe_word_count" not in registry
     package = scaffold_tool_package("reloadprobe", tmp_path / "src")
     wheel = build_wheel(package, tmp_path / "dist")
@@ -159,7 +171,7 @@ def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it
     assert pip.returncode == 0, pip.stderr
     assert list(site_dir.glob("maze_tool_reloadprobe-0.1.0.dist-info"))
 
-    report = reload_tools(config, registry, store, actor="test")
+    report = reload_tools(config, registry, recorder, actor="test")
     assert report.packages.installed == ["reloadprobe"]
     assert report.registered == ["reloadprobe_word_count"] and report.removed == []
     entry = registry.get("reloadprobe_word_count")
@@ -170,13 +182,13 @@ def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it
     assert registered.actor == "test"
     assert {p["name"]: p["package"] for p in plugins.get_plugins()}["reloadprobe"] == "maze-tool-reloadprobe"
 
-    again = reload_tools(config, registry, store, actor="test")  # nothing new: no tool event
+    again = reload_tools(config, registry, recorder, actor="test")  # nothing new: no tool event
     assert again.registered == again.updated == again.removed == []
     assert "reloadprobe_word_count" in again.unchanged
     assert types(store, "reloadprobe_word_count") == ["ToolRegistered"]
 
     uninstall(site_dir, "reloadprobe")  # what `pip uninstall` does: the files go
-    gone = reload_tools(config, registry, store, actor="test")
+    gone = reload_tools(config, registry, recorder, actor="test")
     assert gone.packages.uninstalled == ["reloadprobe"] and gone.removed == ["reloadprobe_word_count"]
     assert "reloadprobe_word_count" not in registry
     assert types(store, "reloadprobe_word_count") == ["ToolRegistered", "ToolRemoved"]
@@ -190,14 +202,14 @@ def test_pip_install_after_start_is_picked_up_by_reload_and_uninstall_removes_it
         "reloadprobe_word_count"] == "removed"
 
 
-def test_an_upgrade_reimports_the_package_and_records_the_new_version(tmp_path, site_dir, store):
+def test_an_upgrade_reimports_the_package_and_records_the_new_version(tmp_path, site_dir, store, recorder):
     config = make_config(tmp_path)
     registry = ToolRegistry()
     install(site_dir, "probeup", "0.1.0", tool_module("probe_upgrade", "0.1.0"))
-    first = reload_tools(config, registry, store)
+    first = reload_tools(config, registry, recorder)
     assert "probe_upgrade" in first.registered and registry.get("probe_upgrade").version == "0.1.0"
     install(site_dir, "probeup", "0.2.0", tool_module("probe_upgrade", "0.2.0"))
-    second = reload_tools(config, registry, store)
+    second = reload_tools(config, registry, recorder)
     assert second.packages.upgraded == ["probeup"] and second.packages.installed == []
     assert second.updated == ["probe_upgrade"]
     assert registry.get("probe_upgrade").version == "0.2.0"
@@ -247,7 +259,7 @@ def test_an_editable_install_made_after_start_is_activated_through_its_pth_file(
 # ---------------------------------------------------------------------------------------- fail-safe
 
 
-def test_broken_packages_follow_the_seed_003_fail_safe_rules(tmp_path, site_dir, store, caplog):
+def test_broken_packages_follow_the_seed_003_fail_safe_rules(tmp_path, site_dir, store, recorder, caplog):
     install(site_dir, "probe", "1.0", tool_module("probe_good", "1.0"))
     install(site_dir, "probebroken", "1.0", """
         from maze_core import hookimpl, task
@@ -293,7 +305,7 @@ def test_broken_packages_follow_the_seed_003_fail_safe_rules(tmp_path, site_dir,
     """)
     registry = ToolRegistry()
     with caplog.at_level(logging.INFO):
-        report = reload_tools(make_config(tmp_path), registry, store)
+        report = reload_tools(make_config(tmp_path), registry, recorder)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # import error: the package is skipped and reported; the others load
@@ -316,7 +328,7 @@ def test_broken_packages_follow_the_seed_003_fail_safe_rules(tmp_path, site_dir,
 
     # fixed and reinstalled: the next reload loads it
     install(site_dir, "probebroken", "1.1", tool_module("probe_fixed", "1.1"))
-    fixed = reload_tools(make_config(tmp_path), registry, store)
+    fixed = reload_tools(make_config(tmp_path), registry, recorder)
     assert fixed.packages.failed == {} and "probebroken" in fixed.packages.installed
     assert fixed.registered == ["probe_fixed"]
     assert "probebroken" not in {p["name"]: p for p in plugins.get_plugins() if p.get("error")}
@@ -340,7 +352,7 @@ def test_reload_leaves_uploaded_and_code_registered_tools_alone(tmp_path, site_d
 # ---------------------------------------------------------------------------------------- folders
 
 
-def test_reload_rescans_tool_folders(tmp_path, store, caplog):
+def test_reload_rescans_tool_folders(tmp_path, store, recorder, caplog):
     folder = tmp_path / "mytools"
     folder.mkdir()
     (folder / "greet.py").write_text(
@@ -350,12 +362,12 @@ def test_reload_rescans_tool_folders(tmp_path, store, caplog):
     config.tools.paths = [str(folder), "missing-folder"]
     registry = ToolRegistry()
     with caplog.at_level(logging.ERROR, logger="maze.tools"):
-        first = reload_tools(config, registry, store)
+        first = reload_tools(config, registry, recorder)
     assert "probe_greet" in first.registered
     assert first.problems == [f"[tools] paths: folder {tmp_path / 'missing-folder'} does not exist"]
     assert "missing-folder" in caplog.text
     kept = registry.get_task("probe_greet")
-    unchanged = reload_tools(config, registry, store)  # same code: the function is kept, no event
+    unchanged = reload_tools(config, registry, recorder)  # same code: the function is kept, no event
     assert "probe_greet" in unchanged.unchanged and types(store, "probe_greet") == ["ToolRegistered"]
     assert registry.get_task("probe_greet") is kept
     assert "probe_greet" in reload_tools(config, registry).unchanged  # compared with the registry
@@ -365,11 +377,11 @@ def test_reload_rescans_tool_folders(tmp_path, store, caplog):
     (folder / "more.py").write_text(
         "from maze_core import task\n\n@task(name='probe_more', version='2.0')\ndef more() -> dict:\n"
         "    return {}\n")
-    changed = reload_tools(config, registry, store)
+    changed = reload_tools(config, registry, recorder)
     assert changed.registered == ["probe_more"]
     assert registry.get_task("probe_greet")(who="you") == {"text": "hi you"}  # the new code runs
     (folder / "more.py").unlink()
-    removed = reload_tools(config, registry, store)
+    removed = reload_tools(config, registry, recorder)
     assert removed.removed == ["probe_more"] and "probe_more" not in registry
     assert types(store, "probe_more") == ["ToolRegistered", "ToolRemoved"]
 
@@ -406,11 +418,11 @@ def test_with_a_running_engine_each_change_is_recorded_once(tmp_path, site_dir):
     engine.start()
     try:
         install(site_dir, "probe", "1.0", tool_module("probe_engine", "1.0"))
-        report = reload_tools(config, engine.registry, engine.store, actor="admin")
+        report = reload_tools(config, engine.registry, engine, actor="admin")
         assert "probe_engine" in report.registered
         assert types(engine.store, "probe_engine") == ["ToolRegistered"]
         uninstall(site_dir, "probe")
-        report = reload_tools(config, engine.registry, engine.store, actor="admin")
+        report = reload_tools(config, engine.registry, engine, actor="admin")
         assert report.removed == ["probe_engine"]
         assert types(engine.store, "probe_engine") == ["ToolRegistered", "ToolRemoved"]
     finally:

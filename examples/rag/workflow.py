@@ -1,7 +1,7 @@
 """The RAG example as a workflow file: ``maze run examples/rag/workflow.py``.
 
-The same pipeline as ``maze demo --example rag`` (its code is ``maze_core/demo/rag.py``, its
-documents ``maze_core/demo/rag_docs/``), here as a file to copy and change. Environment variables:
+The same pipeline as ``maze demo --example rag`` (its code is ``rag_pipeline.py`` next to this
+file, its documents ``docs/``), here as a file to copy and change. Environment variables:
 
 - ``RAG_DOCS``: a folder of your own documents (.txt, .md, .pdf, .html) instead of the bundled ones;
 - ``RAG_QUESTIONS``: your questions, one per line;
@@ -11,7 +11,7 @@ documents ``maze_core/demo/rag_docs/``), here as a file to copy and change. Envi
 
 import os
 
-from maze_core.demo.rag import DOCS, build_rag_dag
+from rag_pipeline import DOCS, build_rag_dag  # next to this file: `maze run` ships both by value
 
 questions = [q.strip() for q in os.environ.get("RAG_QUESTIONS", "").splitlines() if q.strip()] or None
 dag = build_rag_dag(os.environ.get("RAG_DOCS") or DOCS, questions,

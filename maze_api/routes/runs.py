@@ -23,7 +23,7 @@ from maze_core.logging import get_logger
 
 from ..archive import CHUNK, iter_files, safe_extract, write_zip
 from ..auth import Identity
-from ..context import INT_MAX, RUN_DESTROYED, ServerContext, worker_view
+from ..context import INT_MAX, ServerContext, worker_view
 from ..deps import current_identity, get_ctx
 from ..errors import BadRequest, LoggedRoute
 
@@ -289,7 +289,7 @@ def destroy_run(query: RunQuery, identity: Identity = Depends(current_identity),
                     files += 1
             ctx.remove_tree(folder)
         stream = ev.run_stream(run_id)
-        ctx.store.append([NewEvent(stream, RUN_DESTROYED, {"files": files, "bytes": size},
-                                   identity.name, expected_version=ctx.store.stream_version(stream))])
+        ctx.engine.record([NewEvent(stream, ev.RUN_DESTROYED, {"files": files, "bytes": size},
+                                    identity.name, expected_version=ctx.store.stream_version(stream))])
     log.info("run destroyed", run_id=run_id, by=identity.name, files=files, bytes=size)
     return {"status": "success", "msg": "Run destroyed.", "run_id": run_id}

@@ -112,7 +112,7 @@ def reload_tools(identity: Identity = Depends(require_admin),
     ``upgraded``, ``uninstalled``, ``failed``) and ``problems``. Each change is recorded as a
     ``ToolRegistered`` / ``ToolRemoved`` event, the whole as one ``ToolsReloaded`` event."""
     with ctx.tools_lock:   # the core's reload, shared with `maze tools reload`
-        report = runtime.reload_tools(ctx.config, ctx.engine.registry, store=ctx.store,
+        report = runtime.reload_tools(ctx.config, ctx.engine.registry, ctx.engine,
                                       actor=identity.name).to_dict()
     log.info("tools reloaded", by=identity.name, registered=report["registered"],
              updated=report["updated"], removed=report["removed"])

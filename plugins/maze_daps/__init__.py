@@ -10,7 +10,7 @@ Both pass over a task that does not fit the executor now for one that does (back
 of each new duration) tune the policy.
 """
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from maze_core import hookimpl
 
@@ -23,6 +23,8 @@ __all__ = ["DapsScheduler", "DurationModel", "FifoScheduler"]
 class DapsConfig(BaseModel):
     """``[daps]``: ageing credit (s of work per s waited), EWMA weight, first guess (s)."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     aging: float = 0.5
     alpha: float = 0.3
     default_s: float = 1.0
@@ -30,15 +32,9 @@ class DapsConfig(BaseModel):
 
 def _daps(config):
     from maze_core.errors import ConfigError
-    section = config.section("daps") if config is not None else {}
-    unknown = set(section) - {"aging", "alpha", "default_s"}
-    if unknown:
-        raise ConfigError(f"[daps]: unknown keys {', '.join(sorted(unknown))}; known: aging, alpha, default_s")
+    section = config.plugin_section("daps", DapsConfig) if config is not None else DapsConfig()
     try:
-        defaults = DapsConfig()
-        return DapsScheduler(aging=float(section.get("aging", defaults.aging)),
-                             alpha=float(section.get("alpha", defaults.alpha)),
-                             default_s=float(section.get("default_s", defaults.default_s)))
+        return DapsScheduler(aging=section.aging, alpha=section.alpha, default_s=section.default_s)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[daps]: {exc}") from None
 

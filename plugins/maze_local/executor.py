@@ -6,10 +6,10 @@ Admission and running are two steps. ``try_reserve`` admits a task if the execut
 to one extra CPU's worth of tasks per CPU is admitted beyond what can run, and waits in the
 executor's own short backlog. ``submit`` starts a task at once if the CPUs, memory and GPUs it
 needs are free, else queues it; the worker that finishes a task starts the backlog's tasks that now
-fit (in order; a big one does not hold smaller ones back, for up to ``BACKFILL_PATIENCE_S``, after
-which nothing passes it) itself, without a round trip through the engine. At no moment do running tasks hold more than the
-capacity. The backlog is what keeps both cores busy with tiny tasks: the engine commits the next
-tasks while the current ones run.
+fit itself, without a round trip through the engine, by the rules of ``maze_core.backlog``: in
+order; a big one does not hold smaller ones back for up to ``BACKFILL_PATIENCE_S``, after which
+nothing passes it. At no moment do running tasks hold more than the capacity. The backlog is what
+keeps both cores busy with tiny tasks: the engine commits the next tasks while the current ones run.
 
 Bodies run in the executor's own pool of *daemon* threads, started on demand and reused when idle,
 so a body never keeps the interpreter alive: a CLI exits at once even while a timed-out body still
@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import structlog
 
+from maze_core.backlog import Backlog
 from maze_core.executor import Executor, Invocation, Report, TaskUpdate
 from maze_core.resources import IO_CPU_SHARE
 from maze_core.task_context import TaskContext, running
@@ -60,7 +61,6 @@ class _Job:
     started: bool = False            # its body started: ``started`` was reported
     done: bool = False               # its capacity is released: ended, cancelled or dropped
     abandoned: bool = False          # cancelled while its body ran
-    queued_at: float = 0.0           # when it entered the backlog (time.monotonic())
 
     @property
     def key(self) -> tuple[str, str]:
@@ -90,7 +90,7 @@ class LocalExecutor(Executor):
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)  # notified when no job holds running capacity
         self._jobs: dict[tuple[str, str], _Job] = {}     # submitted and not done: backlog + running
-        self._backlog: deque[_Job] = deque()
+        self._backlog: Backlog[_Job] = Backlog(BACKFILL_PATIENCE_S)   # admitted, waiting to run
         self._busy = 0                                   # jobs holding running capacity
         self._accepting = False
         self._report: Report | None = None
@@ -164,10 +164,8 @@ class LocalExecutor(Executor):
             if not self._accepting:
                 raise RuntimeError("the local executor is not started")
             self._jobs[job.key] = job
-            if self._head_starving() or not _take(self._free, invocation.resources, self._mem):
-                job.queued_at = time.monotonic()
-                self._backlog.append(job)  # starts when a running task frees enough capacity
-                return
+            if not self._backlog.offer(job, self._take_locked):
+                return                     # starts when a running task frees enough capacity
             self._run_locked(job)
         self._launch([job])
 
@@ -197,9 +195,9 @@ class LocalExecutor(Executor):
             "queued": queued}]}
 
     # ------------------------------------------------------------------ bookkeeping (under _lock)
-    def _head_starving(self) -> bool:
-        """The oldest waiting task has waited past its patience: nothing may pass it any more."""
-        return bool(self._backlog) and time.monotonic() - self._backlog[0].queued_at > BACKFILL_PATIENCE_S
+    def _take_locked(self, job: _Job) -> bool:
+        """Take the running capacity ``job`` needs, if it is free."""
+        return _take(self._free, job.inv.resources, self._mem)
 
     def _run_locked(self, job: _Job) -> None:
         job.running = True
@@ -219,14 +217,9 @@ class LocalExecutor(Executor):
             return []
         _give(self._free, res, self._mem)
         self._busy -= 1
-        ready = []
-        for nxt in list(self._backlog):   # in order; one that does not fit yet lets smaller ones by,
-            if _take(self._free, nxt.inv.resources, self._mem):   # unless it has waited too long
-                self._backlog.remove(nxt)
-                self._run_locked(nxt)
-                ready.append(nxt)
-            elif self._head_starving():
-                break
+        ready = self._backlog.promote(self._take_locked)   # in order, with backfilling
+        for nxt in ready:
+            self._run_locked(nxt)
         if not self._busy:
             self._drained.notify_all()
         return ready

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from maze_core.errors import MazeError
 
-from .executor import GPU_MEM_LABEL, device_resources, use_cluster_token
+from .bootstrap import GPU_MEM_LABEL, device_resources, use_cluster_token
 
 
 class ClusterError(MazeError):
@@ -57,6 +57,17 @@ def _labels(gpu_mem_mb: list[int] | None) -> list[str]:
     if not gpu_mem_mb:
         return []
     return ["--labels", f"{GPU_MEM_LABEL}={','.join(str(m) for m in gpu_mem_mb)}"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def node_ip() -> str:

@@ -44,7 +44,8 @@ def worker_cmd(address: str, num_cpus: float | None, num_gpus: int | None, gpu_m
 @click.pass_obj
 def cluster_cmd(obj, as_json: bool) -> None:
     """Nodes of the cluster: CPUs, memory, GPUs with their memory, and running tasks."""
-    from .executor import RayConfig, RayExecutor
+    from .config import RayConfig
+    from .executor import RayExecutor
     cfg = RayConfig.from_config(obj.config)
     embedded = not cfg.address
     if embedded:

