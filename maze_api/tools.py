@@ -1,4 +1,4 @@
-"""Tools uploaded through the API (reloading installed packages is maze_core.runtime.reload_tools).
+"""Tools uploaded through the API (reloading installed packages is maze_core.tools.reload_tools).
 
 An uploaded tool is a ZIP extracted to ``{project_root}/maze/model_cache/{tool_name}/`` next to a
 ``metadata.json``; its ``.py`` files are imported and their ``@task`` functions registered with the

@@ -504,7 +504,7 @@ def tools_group() -> None:
 def tools_list(obj: _Ctx, as_json: bool) -> None:
     """Every registered tool (name@version) with its type, source and description."""
     from .registry import task_registry
-    from .runtime import load_tools
+    from .tools import load_tools
     problems = load_tools(obj.config, task_registry)   # a listing only reads: `tools reload` records
     tools = task_registry.list_tasks()
     for problem in problems:
@@ -525,7 +525,7 @@ def tools_list(obj: _Ctx, as_json: bool) -> None:
 def tools_show(obj: _Ctx, name: str) -> None:
     """One tool's metadata as JSON: NAME or NAME@VERSION (refused if another version is installed)."""
     from .registry import task_registry
-    from .runtime import load_tools
+    from .tools import load_tools
     load_tools(obj.config, task_registry)
     tool_name, _, version = name.partition("@")
     try:
@@ -550,7 +550,7 @@ def tools_reload(obj: _Ctx, as_json: bool) -> None:
     from . import plugins
     from .engine import Engine
     from .registry import task_registry
-    from .runtime import reload_tools
+    from .tools import reload_tools
     config = obj.config
     # the one door into the log is an engine: here one that runs nothing (local threads, idle)
     # and follows no registry, so the report compares with the log as it was before the reload

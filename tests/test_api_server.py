@@ -23,7 +23,7 @@ import pytest
 from maze_api import create_app
 from maze_api.testing import logging_restored, serve
 from maze_core import events as ev
-from maze_core import runtime
+from maze_core import tools as tool_set
 from maze_core.dag import DAG
 from maze_core.engine import Engine
 from maze_core.registry import ToolRegistry, task
@@ -789,8 +789,8 @@ def test_tools_reload_picks_up_a_package_installed_after_start(alice, bob, api, 
         assert tool["source"] == "package:apiprobe" and tool["version"] == "1.0.0"
         store = api["engine"].store
         assert store.read_stream(ev.tool_stream("apiprobe_echo"))[-1].type == "ToolRegistered"
-        report = store.read_stream(runtime.TOOLS_STREAM)[-1]   # who reloaded, and what changed
-        assert report.type == runtime.TOOLS_RELOADED and report.actor == "alice"
+        report = store.read_stream(tool_set.TOOLS_STREAM)[-1]   # who reloaded, and what changed
+        assert report.type == tool_set.TOOLS_RELOADED and report.actor == "alice"
         assert "apiprobe_echo" in report.data["registered"]
         run_id = submit_ok(bob, {"tasks": {"t1": {"func_name": "apiprobe_echo", "inputs": {"text": "hi"}}}})
         assert wait_run(bob, run_id)["status"] == "succeeded"

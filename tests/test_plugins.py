@@ -164,7 +164,7 @@ def test_every_new_registry_gets_the_plugins_tools(tmp_path):
     """``load_tools`` fills a registry once; a new registry at the address of one gone (CPython
     reuses it at once) is a new registry, not one already loaded."""
     from maze_core.registry import ToolRegistry, task
-    from maze_core.runtime import load_tools
+    from maze_core.tools import load_tools
     from tests.conftest import make_config
 
     @task(name="probe_tool")

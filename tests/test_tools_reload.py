@@ -26,8 +26,8 @@ import pytest
 
 from maze_core import plugins
 from maze_core.registry import ToolRegistry
-from maze_core.runtime import TOOLS_RELOADED, TOOLS_STREAM, reload_tools
 from maze_core.scaffold import scaffold_tool_package
+from maze_core.tools import TOOLS_RELOADED, TOOLS_STREAM, reload_tools
 from tests.conftest import make_config
 
 PROBES = ("probe", "probeup", "probebroken", "probeplain", "probedupa", "probedupb", "probehook",

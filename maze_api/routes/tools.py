@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from maze_core import runtime
+from maze_core import tools as tool_set
 from maze_core.logging import get_logger
 
 from ..auth import Identity
@@ -112,7 +112,7 @@ def reload_tools(identity: Identity = Depends(require_admin),
     ``upgraded``, ``uninstalled``, ``failed``) and ``problems``. Each change is recorded as a
     ``ToolRegistered`` / ``ToolRemoved`` event, the whole as one ``ToolsReloaded`` event."""
     with ctx.tools_lock:   # the core's reload, shared with `maze tools reload`
-        report = runtime.reload_tools(ctx.config, ctx.engine.registry, ctx.engine,
+        report = tool_set.reload_tools(ctx.config, ctx.engine.registry, ctx.engine,
                                       actor=identity.name).to_dict()
     log.info("tools reloaded", by=identity.name, registered=report["registered"],
              updated=report["updated"], removed=report["removed"])

@@ -17,10 +17,10 @@ from ..errors import DAGValidationError, NotFoundError, RunStateError
 from ..events import NewEvent, clean_text
 from ..executor import Executor, TaskUpdate
 from ..logging import ensure_logging, get_logger
-from ..runtime import tool_event
 from ..scheduler import Scheduler
 from ..state import RunState
 from ..store import EventStore
+from ..tools import tool_event
 from . import resume as planner
 from .compiler import compile_dag
 from .dispatch import Dispatcher, FunctionCache
@@ -83,7 +83,7 @@ class Engine:
         ec = config.engine
         if registry is None:
             from ..registry import task_registry as registry
-            from ..runtime import load_tools
+            from ..tools import load_tools
             load_tools(config, registry)
         store = store or plugins.pick("store", ec.store)(config)
         executor = executor or plugins.pick("executor", ec.executor)(config)
@@ -323,7 +323,7 @@ class Engine:
 
     def sync_tools(self) -> None:
         """Record the registry's tools as events where the log does not already say the same."""
-        from ..runtime import tool_sync_events
+        from ..tools import tool_sync_events
         self.record(tool_sync_events(self.store, self.registry, self.actor))
 
     def stats(self) -> EngineStats:

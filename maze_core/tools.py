@@ -1,5 +1,5 @@
-"""Putting a process together: tools from plugins and tool folders into the registry, and
-reloading them without a restart (:func:`reload_tools`)."""
+"""A process's tool set: tools from plugins and tool folders into the registry, their events,
+and reloading them without a restart (:func:`reload_tools`)."""
 
 from __future__ import annotations
 
