@@ -52,7 +52,7 @@ def create_app(config: MazeConfig, engine: Any = None) -> FastAPI:
             eng = await run_in_threadpool(_start_engine, config)
         ctx = ServerContext(config, eng, tokens)
         if not owns_engine:
-            await run_in_threadpool(UploadedTools(ctx.tools_root, eng.registry, ctx.archive_limits).load_all)
+            await run_in_threadpool(UploadedTools(ctx.tools_root, eng.registry, ctx.archive_limits, eng).load_all)
         app.state.maze = ctx
         log.info("server ready", executor=getattr(eng.executor, "name", None), auth=tokens.enabled,
                  tokens=len(tokens))
@@ -86,7 +86,7 @@ def _start_engine(config: MazeConfig) -> Any:
     eng = Engine.from_config(config, actor="server")
     # uploaded tools are registered before the engine starts, so that its tool sync sees them
     UploadedTools(ServerContext.tools_root_of(config), eng.registry,
-                  ServerContext.archive_limits_of(config)).load_all()
+                  ServerContext.archive_limits_of(config), eng).load_all()
     try:
         resumed = eng.start(resume=True)
     except BaseException:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from maze_core import events as ev
+from maze_core import state
 from maze_core.config import MazeConfig
 from maze_core.dag import DAG
 from maze_core.errors import NotFoundError
@@ -26,8 +27,8 @@ from .imports import importable
 
 MB = 1024 * 1024
 RUN_DESTROYED = ev.RUN_DESTROYED   # recorded in a run's stream when the server removes its folder
-RUN_FINISHED = ("succeeded", "failed", "cancelled")
-TASK_TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
+RUN_FINISHED = state.RUN_FINISHED      # one definition, in maze_core.state
+TASK_TERMINAL = state.TERMINAL
 WORKDIR_CACHE = 10000
 RUN_LOCK_STRIPES = 64
 INT_MAX = 2**63 - 1   # offsets and sequence numbers past this cannot reach SQLite (422, not 500)
@@ -112,7 +113,7 @@ class ServerContext:
 
     def count_runs(self, identity: Identity) -> dict[str, int]:
         """The runs ``identity`` may see, by status."""
-        statuses = ("running", *RUN_FINISHED)
+        statuses = state.RUN_STATUSES
         if identity.admin:
             return {status: self.store.count_runs(status=status) for status in statuses}
         if self._owner_filter:

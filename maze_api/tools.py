@@ -3,15 +3,23 @@
 An uploaded tool is a ZIP extracted to ``{project_root}/maze/model_cache/{tool_name}/`` next to a
 ``metadata.json``; its ``.py`` files are imported and their ``@task`` functions registered with the
 source ``upload:<tool_name>``. Registrations and removals go through the engine's registry, whose
-listener records them as ``ToolRegistered`` / ``ToolRemoved`` events. A server that starts again
-registers the uploaded tools it finds there.
+listener records them as ``ToolRegistered`` / ``ToolRemoved`` events.
+
+The log, not the folder, says which tools were uploaded: an upload is recorded as ``ToolUploaded``
+(stream ``uploads``: the tool name, its metadata and the ZIP stored as a content-addressed blob in
+the same append) and a deletion as ``ToolDeleted``. A server that starts again takes the latest
+upload of each name not deleted since, rebuilds its folder from the blob when the folder is missing
+or differs from what was uploaded, and registers it. A folder the log has no word on (uploaded
+before uploads were logged) is registered as it is; one of a deleted tool is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import inspect
+import io
 import json
 import re
 import shutil
@@ -23,9 +31,12 @@ from typing import IO, Any
 
 import cloudpickle
 
+from maze_core import events as ev
 from maze_core.errors import NotFoundError
+from maze_core.events import NewEvent
 from maze_core.logging import get_logger
 from maze_core.registry import import_file
+from maze_core.store import blob_hash
 
 from .archive import Limits, safe_extract
 from .errors import BadRequest, Conflict, Unprocessable
@@ -94,12 +105,14 @@ def forget_modules(root: Path) -> None:
 
 
 class UploadedTools:
-    """The tool folder and the registry, kept in step."""
+    """The tool folder, the registry and the log, kept in step. ``engine`` (its ``store`` and
+    ``record``) holds the uploads; without one, the folder alone does (tests of the folder)."""
 
-    def __init__(self, root: Path, registry: Any, limits: Limits):
+    def __init__(self, root: Path, registry: Any, limits: Limits, engine: Any = None):
         self.root = root
         self.registry = registry
         self.limits = limits
+        self.engine = engine
 
     def folder(self, name: str) -> Path:
         """The tool's folder: a direct child of the tool root (the name holds no separator)."""
@@ -119,12 +132,36 @@ class UploadedTools:
                       if p.is_dir() and not p.is_symlink() and TOOL_NAME.fullmatch(p.name)
                       and (p / METADATA).is_file())
 
+    def logged(self) -> dict[str, dict[str, Any] | None]:
+        """Per tool name the log speaks of: the payload of its latest ``ToolUploaded``, or None
+        when a ``ToolDeleted`` came after it."""
+        out: dict[str, dict[str, Any] | None] = {}
+        if self.engine is None:
+            return out
+        for event in self.engine.store.read_stream(ev.UPLOADS_STREAM):
+            if event.type == ev.TOOL_UPLOADED:
+                out[event.data["name"]] = event.data
+            elif event.type == ev.TOOL_DELETED:
+                out[event.data["name"]] = None
+        return out
+
     def load_all(self) -> list[str]:
-        """Register every uploaded tool found on disk (at start). A broken one is logged and skipped."""
+        """Register every uploaded tool (at start): those the log holds, their folders restored
+        from the log where missing or altered, and folders the log has no word on. A broken one
+        is logged and skipped."""
+        logged = self.logged()
+        names = sorted({*self.installed(), *(n for n, up in logged.items() if up is not None)})
         registered = []
-        for name in self.installed():
-            meta = self.metadata(name) or {}
+        for name in names:
             try:
+                if name in logged:
+                    upload = logged[name]
+                    if upload is None:   # deleted: a folder left behind is not the tool any more
+                        log.warning("removing the folder of a deleted uploaded tool", tool=name)
+                        _remove(self.root / name)
+                        continue
+                    self._restore(name, upload)
+                meta = self.metadata(name) or {}
                 funcs = import_tasks(self.root / name)
                 for func in funcs:
                     registered.append(self.registry.register_task(
@@ -133,9 +170,29 @@ class UploadedTools:
                 log.error("uploaded tool could not be loaded", tool=name, error=str(exc))
         return registered
 
+    def _restore(self, name: str, upload: dict[str, Any]) -> None:
+        """Make the tool's folder what was uploaded: extracted again from the archive blob when it
+        is missing, or its files or metadata differ from the log's."""
+        folder = self.folder(name)
+        if (folder.is_dir() and not folder.is_symlink() and self.metadata(name) == upload["metadata"]
+                and files_digest(folder) == upload["files_digest"]):
+            return
+        data = self.engine.store.get_blob(upload["archive"])   # NotFoundError: logged by load_all
+        log.warning("restoring an uploaded tool's folder from the log", tool=name)
+        _remove(folder)
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+        try:
+            safe_extract(io.BytesIO(data), folder, self.limits)
+            (folder / METADATA).write_text(json.dumps(upload["metadata"], indent=2), encoding="utf-8")
+        except BaseException:
+            _remove(folder)
+            raise
+
     def install(self, name: str, archive: IO[bytes], fields: dict[str, str], uploaded_by: str) -> dict[str, Any]:
-        """Extract, import, check for clashes, write metadata.json, register. 409 when the tool or
-        one of its task names exists already; nothing is left behind on failure."""
+        """Extract, import, check for clashes, write metadata.json, record ``ToolUploaded``
+        (with the archive as a blob), register. 409 when the tool or one of its task names exists
+        already; nothing is left behind on failure."""
         folder = self.folder(name)
         if name in self.registry and not str(self.registry.get(name).source).startswith(UPLOAD_SOURCE):
             raise Conflict(f"a tool named {name!r} is already registered ({self.registry.get(name).source})")
@@ -144,12 +201,17 @@ class UploadedTools:
             folder.mkdir()
         except FileExistsError:
             raise Conflict(f"tool {name!r} already exists; delete it first to replace it") from None
+        recorded = False
         try:
+            data = archive.read() if self.engine is not None else b""   # the log keeps the archive
+            if self.engine is not None:
+                archive = io.BytesIO(data)
             report = safe_extract(archive, folder, self.limits)
             meta_path = folder / METADATA
             if meta_path.exists() and not meta_path.is_file():
                 raise Unprocessable(f"tool archive {name!r} has a folder named {METADATA}, the file the "
                                     f"server writes there")
+            digest = files_digest(folder)   # before importing writes __pycache__ (skipped anyway)
             funcs = import_tasks(folder)
             if not funcs:
                 raise Unprocessable(f"tool archive {name!r} defines no @task function in its .py files")
@@ -163,32 +225,65 @@ class UploadedTools:
             metadata = {"tool_name": name, **fields, "tasks": task_names, "uploaded_by": uploaded_by,
                         "uploaded_at": time.time(), "files": report.files, "bytes": report.bytes}
             meta_path.write_text(json.dumps(metadata, indent=2), encoding="utf-8")   # replaces the archive's
+            if self.engine is not None:
+                archive_ref = blob_hash(data)
+                self.engine.record([NewEvent(ev.UPLOADS_STREAM, ev.TOOL_UPLOADED, {
+                    "name": name, "metadata": metadata, "archive": archive_ref, "bytes": len(data),
+                    "files_digest": digest}, uploaded_by)], blobs={archive_ref: data})
+                recorded = True
             for func in funcs:
                 self.registry.register_task(func, source=UPLOAD_SOURCE + name,
                                             version=fields.get("version") or None)
         except BaseException:
+            if recorded:   # the log must not keep an upload that is not there
+                self._unregister(name, reason=f"upload of tool {name} failed")
+                with contextlib.suppress(Exception):
+                    self._record_deleted(name, [], uploaded_by)
             forget_modules(folder)
             _remove(folder)
             raise
         return metadata
 
-    def remove(self, name: str) -> list[str]:
-        """Unregister an uploaded tool's tasks and delete its folder."""
+    def remove(self, name: str, actor: str = "system") -> list[str]:
+        """Unregister an uploaded tool's tasks, record ``ToolDeleted`` and delete its folder."""
         folder = self.folder(name)
         if not (folder.is_dir() and not folder.is_symlink() and (folder / METADATA).is_file()):
             if name in self.registry:
                 raise BadRequest(f"tool {name!r} was not uploaded (source "
                                  f"{self.registry.get(name).source}); uninstall its package instead")
             raise NotFoundError(f"tool {name!r} does not exist")
+        removed = self._unregister(name, reason=f"tool {name} deleted")
+        forget_modules(folder)
+        self._record_deleted(name, removed, actor)
+        _remove(folder)
+        return removed
+
+    def _unregister(self, name: str, reason: str) -> list[str]:
         source = UPLOAD_SOURCE + name
         removed = []
         for task_name in self.registry.names():
             if self.registry.get(task_name).source == source:
-                self.registry.unregister(task_name, reason=f"tool {name} deleted")
+                self.registry.unregister(task_name, reason=reason)
                 removed.append(task_name)
-        forget_modules(folder)
-        _remove(folder)
         return removed
+
+    def _record_deleted(self, name: str, tasks: list[str], actor: str) -> None:
+        if self.engine is not None:
+            self.engine.record([NewEvent(ev.UPLOADS_STREAM, ev.TOOL_DELETED,
+                                         {"name": name, "tasks": tasks}, actor)])
+
+
+def files_digest(folder: Path) -> str:
+    """sha256 over a tool folder's regular files (relative path and contents, in path order),
+    leaving out ``metadata.json`` (the server's) and ``__pycache__`` (written by imports)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if rel.parts == (METADATA,) or "__pycache__" in rel.parts or path.is_symlink() or not path.is_file():
+            continue
+        digest.update(rel.as_posix().encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _remove(folder: Path) -> None:

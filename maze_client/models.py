@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from maze_core import state as _state
+
 __all__ = [
     "ClusterInfo",
     "Event",
@@ -30,10 +32,11 @@ __all__ = [
 
 # Run and task statuses that never change again. The server speaks the engine's words
 # (succeeded, failed, cancelled, skipped); seed 000's words (finished, CANCELLED) are accepted too.
-RUN_FINAL_STATUSES = frozenset({"succeeded", "finished", "failed", "cancelled", "canceled"})
-TASK_FINAL_STATUSES = frozenset({"succeeded", "finished", "success", "failed", "cancelled", "canceled",
-                                 "skipped"})
-_SUCCESS = frozenset({"succeeded", "finished", "success"})
+# The engine's sets come from maze_core.state (light: no Ray, no FastAPI); the aliases are seed 000's.
+_SEED_ALIASES = frozenset({"finished", "canceled"})
+RUN_FINAL_STATUSES = _state.RUN_FINISHED | _SEED_ALIASES
+TASK_FINAL_STATUSES = _state.TERMINAL | _SEED_ALIASES | {"success"}
+_SUCCESS = frozenset({_state.SUCCEEDED, "finished", "success"})
 
 
 def _norm(status: Any) -> str | None:

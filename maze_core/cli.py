@@ -21,6 +21,7 @@ from . import __version__
 from . import events as ev
 from .cli_output import RunProgress, echo_json, event_line, log_progress, print_run, setup_cli_logging
 from .errors import ConfigError, DAGValidationError, MazeError, TaskDefinitionError
+from .state import RUN_STATUSES
 
 __all__ = ["RunProgress", "cli", "main"]
 
@@ -340,7 +341,7 @@ def runs_group() -> None:
 
 
 @runs_group.command("list")
-@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "cancelled"]),
+@click.option("--status", type=click.Choice(list(RUN_STATUSES)),
               help="Only runs with this status (running: unfinished).")
 @click.option("--name", help="Only runs whose name contains this text.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import events as ev
+from .state import TERMINAL
 
 # ---------------------------------------------------------------------------- consoles
 PIPE_WIDTH = 10_000   # columns of a console that writes to a pipe or file: nothing is cut or wrapped
@@ -205,22 +206,21 @@ def failure_hint(error: str | None, traceback: str | None = None) -> str | None:
 def run_tasks(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
     """Per task: name, status, attempt, duration and result (JSON view), or error with its
     traceback (from the task's last ``TaskFailed`` event) and a hint, from the log."""
-    from . import results
+    from .queries import task_outcomes
     out: dict[str, dict[str, Any]] = {}
     for row in store.list_tasks(run_id):
         out[row["task_id"]] = {"name": row["task_name"] or row["func_name"], "status": row["status"],
                                "attempt": row["attempt"], "duration_s": row["duration_s"]}
         if row["error"]:
             out[row["task_id"]]["error"] = strip_ansi(row["error"])
-    for event in store.read_stream(ev.run_stream(run_id)):
-        task = out.get(event.data.get("task_id")) if isinstance(event.data, dict) else None
+    for tid, outcome in task_outcomes(store, run_id).items():   # one paged scan of the log
+        task = out.get(tid)
         if task is None:
             continue
-        if event.type == ev.TASK_SUCCEEDED:
-            task["result"] = results.public(event.data.get("result"), event.data.get("result_ref"),
-                                            store.get_blob)
-        elif event.type == ev.TASK_FAILED:
-            task["traceback"] = strip_ansi(event.data.get("traceback")) or None
+        if "result" in outcome:
+            task["result"] = outcome["result"]
+        if "traceback" in outcome:
+            task["traceback"] = strip_ansi(outcome["traceback"]) or None
     for task in out.values():
         if task["status"] != "failed":
             task.pop("traceback", None)
@@ -347,7 +347,7 @@ class RunProgress:
                 # the store already holds this whole batch: count the ends before this event only
                 row = self.engine.store.get_run(run_id) or {}
                 counts = row.get("task_counts", {})
-                ended = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "skipped"))
+                ended = sum(counts.get(s, 0) for s in TERMINAL)
                 later = sum(1 for e in events[i + 1:] if e.run_id == run_id and e.type in ev.TASK_TERMINAL_EVENTS)
                 self._track(run_id, row.get("name", ""), row.get("tasks_total", 0), ended - later)
                 continue

@@ -95,6 +95,7 @@ def stream_run_id(stream: str) -> str | None:
 
 
 TOOLS_STREAM = "tools"   # the stream of tool-set events that name no single tool (ToolsReloaded)
+UPLOADS_STREAM = "uploads"   # the stream of uploaded tools: ToolUploaded / ToolDeleted, by tool name
 
 
 def clean_text(text: str | None) -> str | None:
@@ -125,6 +126,8 @@ TASK_SKIPPED = "TaskSkipped"
 TOOL_REGISTERED = "ToolRegistered"
 TOOL_REMOVED = "ToolRemoved"
 TOOLS_RELOADED = "ToolsReloaded"    # one per reload of the tools: what changed, which packages
+TOOL_UPLOADED = "ToolUploaded"      # a tool uploaded through the API: its metadata and archive blob
+TOOL_DELETED = "ToolDeleted"        # an uploaded tool deleted through the API
 
 RUN_TERMINAL = {RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED}
 TASK_TERMINAL_EVENTS = {TASK_SUCCEEDED, TASK_FAILED, TASK_CANCELLED, TASK_SKIPPED}
@@ -251,6 +254,21 @@ class ToolsReloadedData(_Payload):
     problems: list[str] = []
 
 
+class ToolUploadedData(_Payload):
+    """An uploaded tool as the log keeps it: enough to rebuild its folder (``maze_api.tools``)."""
+
+    name: str                  # the tool name (its folder under the tool root)
+    metadata: dict[str, Any]   # the metadata.json the server wrote
+    archive: str               # blob hash of the uploaded ZIP
+    bytes: int                 # the ZIP's size
+    files_digest: str          # sha256 over the extracted files (paths and contents), metadata.json aside
+
+
+class ToolDeletedData(_Payload):
+    name: str
+    tasks: list[str] = []      # the task names it unregistered
+
+
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     RUN_SUBMITTED: RunSubmittedData,
     RUN_RESUMED: RunResumedData,
@@ -268,6 +286,8 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     TOOL_REMOVED: ToolRemovedData,
     RUN_DESTROYED: RunDestroyedData,
     TOOLS_RELOADED: ToolsReloadedData,
+    TOOL_UPLOADED: ToolUploadedData,
+    TOOL_DELETED: ToolDeletedData,
 }
 
 

@@ -20,7 +20,11 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 SKIPPED = "skipped"
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})     # a task that has finished
+# A run's statuses, in the order the docs list them, and those of a run that has finished: the one
+# definition that the engine, the CLI, the API and the SDK import.
+RUN_STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
+RUN_FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({QUEUED, RUNNING})
 
 _MISSING = object()
@@ -68,7 +72,7 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
+        return self.status in RUN_FINISHED
 
     def apply(self, type_: str, data: dict[str, Any]) -> list[str]:
         """Apply one event; return the ids of tasks that became ready (inputs all available)."""

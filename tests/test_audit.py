@@ -136,3 +136,26 @@ def test_audits_report_progress_over_the_whole_log(tmp_path):
     seen.clear()
     assert replay_check(store, lambda done, total: seen.append((done, total))) == []
     assert seen[-1] == (12000, 12000)
+
+
+def test_edited_version_with_the_chain_recomputed_is_reported(store: SqliteStore) -> None:
+    """An editor who changes one event's stream version and recomputes every hash from it on
+    leaves a valid chain: the stream-version check alone names the event."""
+    from maze_core.events import GENESIS_HASH, chain_hash, compact_json
+
+    events = store.read_all()
+    assert (events[3].seq, events[3].stream, events[3].version) == (4, "run:r1", 3)
+    statements = []
+    prev = GENESIS_HASH
+    for event in events:
+        version = 9 if event.seq == 4 else event.version     # 9: unused in run:r1 (it ends at 8)
+        digest = chain_hash(prev, event.seq, event.stream, version, event.type, event.ts, event.actor,
+                            compact_json(event.data))
+        if event.seq >= 4:
+            statements.append(f"UPDATE events SET version = {version}, hash = '{digest}' WHERE seq = {event.seq}")
+        prev = digest
+    tamper(store, *statements)
+    assert store.read_all(after_seq=3, limit=1)[0].version == 9
+    report = verify_chain(store)
+    assert (report.ok, report.first_bad_seq) == (False, 4)
+    assert "version 9, expected 3" in report.problem

@@ -95,6 +95,10 @@ class FakeStore:
     def read_stream(self, stream):
         return list(self.events)
 
+    def read_stream_page(self, stream, after_seq=0, limit=None):
+        page = [e for e in self.events if e.seq > after_seq]
+        return page if limit is None else page[:limit]
+
     def get_blob(self, digest):
         raise KeyError(digest)
 

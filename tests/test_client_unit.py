@@ -684,6 +684,17 @@ def test_download_run_extracts_into_output_dir(tmp_path):
     assert saved == tmp_path / "zips" / "r1.zip" and saved.read_bytes() == data
 
 
+def test_download_run_is_retried_on_503_as_an_idempotent_request(tmp_path):
+    data = zip_bytes({"out/result.txt": b"42"})
+    sleeps: list[float] = []
+    client, server = make_client(sequence(httpx.Response(503, json={"detail": "busy"}),
+                                          httpx.Response(200, content=data)), sleeps)
+    out = client.download_run("r1", tmp_path / "dl")
+    assert (out / "out" / "result.txt").read_bytes() == b"42"
+    assert server.paths == ["/runs/r1/download"] * 2 and [r.method for r in server.requests] == ["GET"] * 2
+    assert sleeps == [0.25]
+
+
 def test_download_run_refuses_members_outside_the_folder(tmp_path):
     client, _ = make_client(sequence(httpx.Response(200, content=zip_bytes({"../evil.txt": b"x"}))))
     with pytest.raises(ValueError, match="outside"):

@@ -20,7 +20,9 @@ from maze_core.errors import ConcurrencyError, RunStateError
 from maze_core.events import NewEvent
 from maze_core.plugins import load_plugins
 from maze_core.registry import ToolRegistry, task
+from maze_core.store import blob_hash
 from tests.conftest import make_config
+from tests.test_api_server import TOOL_SOURCE, upload_tool
 
 ADMIN = "one-door-admin-token-0123456789"
 GATES: dict[str, threading.Event] = {}
@@ -148,6 +150,10 @@ def test_every_event_type_reaches_subscribers_and_observers(tmp_path):
             assert destroyed.status_code == 200, destroyed.text
             reloaded = client.post("/tools/reload")                            # tools reloaded
             assert reloaded.status_code == 200, reloaded.text
+            uploaded = upload_tool(client, "door", {"tool.py": TOOL_SOURCE.format(name="door")})
+            assert uploaded.status_code == 201, uploaded.text                  # tool uploaded
+            deleted = client.delete("/tools/door")                             # tool deleted
+            assert deleted.status_code == 200, deleted.text
 
         logged = engine.store.read_all(after_seq=before)
         # the subscriber saw every event committed since it subscribed, each once, in order
@@ -215,3 +221,17 @@ def test_record_cannot_be_called_on_the_engine_thread(engine):
     finally:
         unsubscribe()
     assert errors and "engine thread" in str(errors[0])
+
+
+def test_record_stores_blobs_with_its_events(engine):
+    data = b"archive bytes"
+    digest = blob_hash(data)
+    stream = ev.tool_stream("with-blob")
+    [stored] = engine.record([NewEvent(stream, ev.TOOL_REMOVED, {"name": "with-blob", "reason": "test"})],
+                             blobs={digest: data})
+    assert stored.version == 1 and engine.store.get_blob(digest) == data
+    # blobs are content addressed: a key that is not the hash of its bytes is refused, nothing recorded
+    with pytest.raises(ValueError, match="content addressed"):
+        engine.record([NewEvent(stream, ev.TOOL_REMOVED, {"name": "with-blob", "reason": "again"})],
+                      blobs={"0" * 64: data})
+    assert engine.store.stream_version(stream) == 1

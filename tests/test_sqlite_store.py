@@ -189,3 +189,67 @@ def test_plugin_registers_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert store.path == data_dir / "x.db" and store.path.exists()
     assert store.synchronous == "FULL"
     store.close()
+
+
+# ---------------------------------------------------------------------------- behind the API
+class NoOwnerFilterStore(SqliteStore):
+    """A store plugin whose run listing has no owner filter (its signature says so)."""
+
+    def list_runs(self, status=None, name=None, limit=50, offset=0):   # type: ignore[override]
+        return super().list_runs(status=status, name=name, limit=limit, offset=offset)
+
+    def count_runs(self, status=None, name=None):   # type: ignore[override]
+        return super().count_runs(status=status, name=name)
+
+
+class IgnoredOwnerStore(SqliteStore):
+    """A broken store plugin: it takes ``owner`` and ignores it."""
+
+    def list_runs(self, status=None, name=None, limit=50, offset=0, owner=None):
+        return super().list_runs(status=status, name=name, limit=limit, offset=offset)
+
+    def count_runs(self, status=None, name=None, owner=None):
+        return super().count_runs(status=status, name=name)
+
+
+@pytest.mark.parametrize("store_class", [NoOwnerFilterStore, IgnoredOwnerStore])
+def test_api_shows_a_token_only_its_own_runs_whatever_the_store_filters(tmp_path: Path, store_class) -> None:
+    import httpx
+
+    from maze_api import create_app
+    from maze_api.testing import logging_restored, serve
+    from maze_core.engine import Engine
+    from maze_core.registry import ToolRegistry
+    from maze_core.testing.store_contract import run_ended
+    from tests.conftest import make_config
+
+    cfg = make_config(tmp_path)
+    cfg.server.tokens = ["ann=ann-token-0123456789abcdef", "bob=bob-token-0123456789abcdef"]
+    cfg.logging.level = "WARNING"
+    store = store_class(tmp_path / "plugin.db")
+    # bob has 4 runs among 521 (the API scans them in pages of 500)
+    owners = ["ann"] * 517 + ["bob"] * 3
+    for i, owner in enumerate(owners):
+        store.append([run_submitted(f"r{i}", ["a"], actor=owner), run_ended(f"r{i}", "succeeded")])
+    store.append([run_submitted("r-running", ["a"], actor="bob")])
+    with logging_restored():
+        engine = Engine.from_config(cfg, store=store, registry=ToolRegistry(), actor="server")
+        engine.start(resume=False)
+        try:
+            with serve(create_app(cfg, engine)) as url, httpx.Client(
+                    base_url=url, headers={"Authorization": "Bearer bob-token-0123456789abcdef"},
+                    timeout=30) as bob:
+                listed = bob.get("/runs", params={"limit": 1000})
+                assert listed.status_code == 200, listed.text
+                assert {r["owner"] for r in listed.json()["runs"]} == {"bob"}
+                assert [r["run_id"] for r in listed.json()["runs"]] == ["r-running", "r519", "r518", "r517"]
+                if store_class is NoOwnerFilterStore:   # the API's own filter: totals and counts too
+                    assert listed.json()["total"] == 4
+                    page = bob.get("/runs", params={"limit": 2, "offset": 1}).json()
+                    assert [r["run_id"] for r in page["runs"]] == ["r519", "r518"] and page["total"] == 4
+                    counts = bob.get("/health").json()["counts"]
+                    assert counts["runs"]["succeeded"] == 3 and counts["runs"]["running"] == 1
+                    assert counts["runs_total"] == 4
+        finally:
+            engine.stop()
+            store.close()

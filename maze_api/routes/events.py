@@ -33,6 +33,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from maze_core import api_models as shapes
 from maze_core import events as ev
 from maze_core.logging import get_logger
 from maze_core.queries import run_events_page
@@ -122,7 +123,8 @@ class _SlotStreamingResponse(StreamingResponse):
                     await aclose()
 
 
-@router.get("/runs/{run_id}/events", summary="A run's events after a sequence number")
+@router.get("/runs/{run_id}/events", summary="A run's events after a sequence number",
+            responses=shapes.responses(404, ok=shapes.EventPageBody))
 def run_events(run_id: str, after: int = Query(0, ge=0, le=INT_MAX, description="only events with seq > after"),
                limit: int = Query(1000, ge=1, le=10000),
                identity: Identity = Depends(current_identity),
@@ -159,9 +161,10 @@ async def _disconnected(request: Request) -> None:
 
 @router.get("/runs/{run_id}/events/stream", summary="A run's events, live (server-sent events)",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
+            responses={**shapes.responses(404, 429),
+                       200: {"content": {"text/event-stream": {}},
                              "description": "`id: <seq>`, `event: <type>`, `data: <event JSON>`"},
-                       429: {"description": "the token holds `[server] max_streams_per_token` "
+                       429: {"model": shapes.ErrorBody, "description": "the token holds `[server] max_streams_per_token` "
                                             "streams already (see `Retry-After`)"}})
 async def stream_events(run_id: str, request: Request,
                         after: int = Query(0, ge=0, le=INT_MAX, description="only events with seq > after"),

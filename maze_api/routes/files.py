@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from maze_core import api_models as shapes
 from maze_core.errors import NotFoundError
 from maze_core.logging import get_logger
 
@@ -51,7 +52,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@router.get("/files/hashes/{run_id}", summary="SHA256 of every file of the run folder")
+@router.get("/files/hashes/{run_id}", summary="SHA256 of every file of the run folder",
+            responses=shapes.responses(404))
 def file_hashes(run_id: str, identity: Identity = Depends(current_identity),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """``{"status": "success", "run_id", "hashes": {"relative/path": "<sha256 hex>"}}``."""
@@ -68,7 +70,8 @@ def file_hashes(run_id: str, identity: Identity = Depends(current_identity),
 
 @router.post("/files/download/{run_id}", summary="Chosen files of the run folder as a ZIP",
              response_class=StreamingResponse,
-             responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the files"}})
+             responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the files"},
+                        **shapes.responses(400, 404)})
 def download_files(run_id: str, body: FileList, identity: Identity = Depends(current_identity),
                    ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
     """Body ``{"files": ["a.py", "data/input.jpg"]}``. 400 for a name outside the run folder or
@@ -87,7 +90,7 @@ def download_files(run_id: str, body: FileList, identity: Identity = Depends(cur
 
 
 @router.post("/files/upload/{run_id}", summary="Write files into the run folder",
-             openapi_extra=MULTIPART_UPLOAD)
+             openapi_extra=MULTIPART_UPLOAD, responses=shapes.responses(400, 404, 409))
 async def upload_files(run_id: str, request: Request, identity: Identity = Depends(current_identity),
                        ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Multipart; each part's field name is the file's relative path. Every name is checked before

@@ -15,11 +15,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from maze_core import api_models as shapes
 from maze_core import events as ev
-from maze_core import results
+from maze_core import queries, results
 from maze_core.errors import NotFoundError, RunStateError
 from maze_core.events import NewEvent
 from maze_core.logging import get_logger
+from maze_core.state import CANCELLED, FAILED, RUN_STATUSES, SKIPPED, SUCCEEDED
 
 from ..archive import CHUNK, iter_files, safe_extract, write_zip
 from ..auth import Identity
@@ -30,7 +32,6 @@ from ..errors import BadRequest, LoggedRoute
 log = get_logger("maze.api")
 router = APIRouter(route_class=LoggedRoute)
 
-RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 # seed 000/001 vocabulary of task states; "maze_status" keeps the precise one
 SEED_STATUS = {"pending": "pending", "queued": "pending", "running": "running", "retrying": "running",
                "succeeded": "finished", "failed": "failed", "cancelled": "CANCELLED",
@@ -86,6 +87,7 @@ def task_view(row: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- submit
 @router.post("/submit_workflow/", tags=["runs"], openapi_extra=MULTIPART_SUBMIT,
+             responses=shapes.responses(400, ok=shapes.Submitted),
              summary="Submit a workflow (DAG payload + project archive)")
 async def submit_workflow(request: Request, identity: Identity = Depends(current_identity),
                           ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
@@ -142,38 +144,35 @@ def _submit(ctx: ServerContext, identity: Identity, raw: bytes, archive: IO[byte
 
 
 # ---------------------------------------------------------------------------- results
-@router.post("/get/", tags=["runs"], summary="One task's status and result or error")
+@router.post("/get/", tags=["runs"], summary="One task's status and result or error",
+             responses=shapes.responses(400, 404, ok=shapes.TaskResult))
 def get_task_result(query: TaskQuery, identity: Identity = Depends(current_identity),
                     ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """``{"status": "success", "task_status": "pending|running|finished|failed|CANCELLED", "data"
     (finished) | "error" (failed, cancelled)}``, plus ``maze_status`` (the precise state: skipped
     tasks are ``CANCELLED`` in seed terms), ``attempt`` and ``duration_s``."""
     ctx.run_row(identity, query.run_id)
-    row = next((t for t in ctx.store.list_tasks(query.run_id) if t["task_id"] == query.task_id), None)
-    if row is None:
-        raise NotFoundError(f"run {query.run_id} has no task {query.task_id!r}")
+    row = queries.task_row(ctx.store, query.run_id, query.task_id)
     status = row["status"]
     out: dict[str, Any] = {"status": "success", "run_id": query.run_id, "task_id": query.task_id,
                            "task_status": SEED_STATUS.get(status, status), "maze_status": status,
                            "attempt": row["attempt"], "duration_s": row["duration_s"]}
-    if status == "succeeded":
-        for event in reversed(ctx.store.read_stream(ev.run_stream(query.run_id))):
-            if event.type == ev.TASK_SUCCEEDED and event.data.get("task_id") == query.task_id:
-                out["data"] = results.public(event.data.get("result"), event.data.get("result_ref"),
-                                             ctx.store.get_blob)
-                break
-    elif status == "failed":
-        out["error"] = row["error"]
-        for event in reversed(ctx.store.read_stream(ev.run_stream(query.run_id))):
-            if event.type == ev.TASK_FAILED and event.data.get("task_id") == query.task_id:
-                out["traceback"] = event.data.get("traceback")
-                break
-    elif status in ("cancelled", "skipped"):
+    if status == SUCCEEDED:
+        missing = object()
+        data = queries.stored_result(ctx.store, query.run_id, query.task_id, results.public, missing)
+        if data is not missing:
+            out["data"] = data
+    elif status == FAILED:
+        failure = queries.task_failure(ctx.store, query.run_id, query.task_id, row)
+        out["error"] = failure.error
+        out["traceback"] = failure.traceback
+    elif status in (CANCELLED, SKIPPED):
         out["error"] = row["error"]
     return out
 
 
-@router.get("/runs/{run_id}/summary", tags=["runs"], summary="A run with every task")
+@router.get("/runs/{run_id}/summary", tags=["runs"], summary="A run with every task",
+            responses=shapes.responses(404, ok=shapes.RunSummary))
 def run_summary(run_id: str, identity: Identity = Depends(current_identity),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """The run (``run_status``, owner, times, error, ``task_counts``) and each task's status, name,
@@ -184,7 +183,8 @@ def run_summary(run_id: str, identity: Identity = Depends(current_identity),
     return {"status": "success", **view, "tasks": [task_view(t) for t in ctx.store.list_tasks(run_id)]}
 
 
-@router.get("/runs", tags=["runs"], summary="Runs, newest first, filtered and paginated")
+@router.get("/runs", tags=["runs"], summary="Runs, newest first, filtered and paginated",
+            responses=shapes.responses(400, ok=shapes.RunList))
 def list_runs(status: str | None = Query(None, description="running, succeeded, failed or cancelled"),
               name: str | None = Query(None, max_length=200, description="runs whose name contains this"),
               limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT_MAX),
@@ -194,18 +194,22 @@ def list_runs(status: str | None = Query(None, description="running, succeeded, 
     if status is not None and status not in RUN_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     rows, total = ctx.list_runs(identity, status, name, limit, offset)
+    # ctx.list_runs filters by owner itself when the store's list_runs takes no ``owner``; a store
+    # that takes one but ignores it breaks its contract, and still shows no run of another token
+    rows = [r for r in rows if ctx.may_see(identity, r)]
     return {"runs": [run_view(ctx, r, detail=False) for r in rows], "total": total, "limit": limit,
             "offset": offset}
 
 
-@router.get("/runs/{run_id}", tags=["runs"], summary="One run")
+@router.get("/runs/{run_id}", tags=["runs"], summary="One run", responses=shapes.responses(404, ok=shapes.Run))
 def get_run(run_id: str, identity: Identity = Depends(current_identity),
             ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     return run_view(ctx, ctx.run_row(identity, run_id))
 
 
 # ---------------------------------------------------------------------------- cancel
-@router.post("/runs/{run_id}/tasks/{task_id}/cancel", tags=["runs"], summary="Cancel one task")
+@router.post("/runs/{run_id}/tasks/{task_id}/cancel", tags=["runs"], summary="Cancel one task",
+             responses=shapes.responses(400, 404, ok=shapes.Cancelled))
 def cancel_task(run_id: str, task_id: str, identity: Identity = Depends(current_identity),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Marks the task ``CANCELLED`` and skips what depends on it; a running body is stopped
@@ -221,7 +225,8 @@ def cancel_task(run_id: str, task_id: str, identity: Identity = Depends(current_
             "cancelled": cancelled}
 
 
-@router.post("/runs/{run_id}/cancel", tags=["runs"], summary="Cancel every unfinished task of a run")
+@router.post("/runs/{run_id}/cancel", tags=["runs"], summary="Cancel every unfinished task of a run",
+             responses=shapes.responses(400, 404, ok=shapes.Cancelled))
 def cancel_run(run_id: str, identity: Identity = Depends(current_identity),
                ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     ctx.run_row(identity, run_id)
@@ -256,7 +261,8 @@ def zip_response(files: list[tuple[str, Path]], filename: str) -> StreamingRespo
 
 @router.get("/runs/{run_id}/download", tags=["runs"], summary="The run folder as a ZIP",
             response_class=StreamingResponse,
-            responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the run folder"}})
+            responses={200: {"content": {"application/zip": {}}, "description": "ZIP of the run folder"},
+                       **shapes.responses(404)})
 def download_run(run_id: str, identity: Identity = Depends(current_identity),
                  ctx: ServerContext = Depends(get_ctx)) -> StreamingResponse:
     """Every regular file of the run folder (symbolic links are left out)."""
@@ -265,7 +271,8 @@ def download_run(run_id: str, identity: Identity = Depends(current_identity),
     return zip_response(list(iter_files(folder)), f"{run_id}.zip")
 
 
-@router.post("/runs/destroy", tags=["runs"], summary="Delete a finished run's folder")
+@router.post("/runs/destroy", tags=["runs"], summary="Delete a finished run's folder",
+             responses=shapes.responses(400, 404, ok=shapes.Done))
 def destroy_run(query: RunQuery, identity: Identity = Depends(current_identity),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Removes the run folder of a run whose tasks have all finished (400 otherwise) and records a

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from maze_core import __version__
+from maze_core import api_models as shapes
 
 from ..auth import Identity
 from ..context import ServerContext, engine_state
@@ -19,7 +20,7 @@ from ..errors import LoggedRoute
 router = APIRouter(route_class=LoggedRoute, tags=["system"])
 
 
-@router.get("/health", summary="Is the server up (no token needed)")
+@router.get("/health", summary="Is the server up (no token needed)", responses=shapes.responses())
 def health(identity: Identity | None = Depends(optional_identity),
            ctx: ServerContext = Depends(get_ctx)) -> JSONResponse:
     """``{"status": "ok", "version", "engine", "executor", "uptime_s"}``; with a valid token also
@@ -86,7 +87,7 @@ def cluster_view(described: dict[str, Any], capacity: dict[str, Any] | None = No
             "alive_nodes": sum(1 for n in nodes if n["alive"])}
 
 
-@router.get("/cluster", summary="Nodes and GPUs of the executor")
+@router.get("/cluster", summary="Nodes and GPUs of the executor", responses=shapes.responses())
 def cluster(identity: Identity = Depends(current_identity),
             ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """``{"executor", "capacity", "nodes": [{"node_id", "address", "alive", "available", "cpu",

@@ -31,7 +31,7 @@ MULTIPART_TOOL = {"requestBody": {"required": True, "content": {"multipart/form-
 
 
 def uploaded(ctx: ServerContext) -> UploadedTools:
-    return UploadedTools(ctx.tools_root, ctx.engine.registry, ctx.archive_limits)
+    return UploadedTools(ctx.tools_root, ctx.engine.registry, ctx.archive_limits, ctx.engine)
 
 
 @router.get("/tools", summary="Every registered tool")
@@ -61,8 +61,9 @@ def list_tools(identity: Identity = Depends(current_identity),
 async def upload_tool(request: Request, identity: Identity = Depends(require_admin),
                       ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Extracts the archive to ``{project_root}/maze/model_cache/{tool_name}/`` with a
-    ``metadata.json`` and registers its ``@task`` functions (recorded as ``ToolRegistered``
-    events): 201 Created. The tool's code runs in the server when it is imported, hence admin only. 409 when
+    ``metadata.json``, records the upload (``ToolUploaded``, the archive kept as a blob: a
+    restarted server rebuilds a lost folder from it) and registers its ``@task`` functions
+    (recorded as ``ToolRegistered`` events): 201 Created. The tool's code runs in the server when it is imported, hence admin only. 409 when
     the tool or one of its task names exists; 422 when it defines no task or fails to import."""
     form = await request.form(max_files=2, max_fields=16, max_part_size=64 * 1024)
     try:
@@ -94,10 +95,11 @@ def _install(ctx: ServerContext, identity: Identity, name: str, archive: IO[byte
 @router.delete("/tools/{tool_name}", summary="Delete an uploaded tool (admin)")
 def delete_tool(tool_name: str, identity: Identity = Depends(require_admin),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
-    """Unregisters the tool's tasks (``ToolRemoved`` events) and deletes its folder. 404 for an
+    """Unregisters the tool's tasks (``ToolRemoved`` events), records ``ToolDeleted`` and
+    deletes its folder (a restarted server does not bring it back). 404 for an
     unknown tool; 400 for a tool that comes from an installed package."""
     with ctx.tools_lock:
-        removed = uploaded(ctx).remove(tool_name)
+        removed = uploaded(ctx).remove(tool_name, actor=identity.name)
     log.info("tool deleted", tool=tool_name, by=identity.name, tasks=removed)
     return {"status": "success", "msg": f"Tool '{tool_name}' deleted.", "tool_name": tool_name,
             "removed": removed}

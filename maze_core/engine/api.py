@@ -7,19 +7,19 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import events as ev
 from .. import results
 from ..config import MazeConfig, load_config
-from ..errors import DAGValidationError, NotFoundError, RunStateError
+from ..errors import DAGValidationError, NotFoundError
 from ..events import NewEvent, clean_text
 from ..executor import Executor, TaskUpdate
 from ..logging import ensure_logging, get_logger
 from ..scheduler import Scheduler
-from ..state import RunState
-from ..store import EventStore
+from ..state import RUN_FINISHED, RunState
+from ..store import EventStore, blob_hash
 from ..tools import tool_event
 from . import resume as planner
 from .compiler import compile_dag
@@ -39,7 +39,7 @@ from .messages import (
 )
 from .observers import ObserverThread, Subscribers
 from .resume import ResumeReport
-from .runs import RUN_FINISHED, Runs
+from .runs import Runs
 
 log = get_logger("maze.engine")
 
@@ -283,29 +283,23 @@ class Engine:
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
 
     def result(self, run_id: str, task_id: str) -> Any:
-        """The value a finished task returned (decoded from the log or a blob)."""
-        stream = self.store.read_stream(ev.run_stream(run_id))
-        if not stream:
-            raise NotFoundError(f"run {run_id!r} does not exist")
-        for event in reversed(stream):
-            if event.type == ev.TASK_SUCCEEDED and event.data["task_id"] == task_id:
-                return results.decode(event.data.get("result"), event.data.get("result_ref"),
-                                      self.store.get_blob)
-        state = RunState.from_events(run_id, stream)
-        if task_id not in state.tasks:
-            raise NotFoundError(f"run {run_id} has no task {task_id!r}")
-        raise RunStateError(f"task {task_id} of run {run_id} has no result: it is {state.tasks[task_id].status}")
+        """The value a finished task returned (decoded from the log or a blob): the read model's
+        ``queries.task_result``, which the CLI and the API use too."""
+        from .. import queries
+        return queries.task_result(self.store, run_id, task_id, results.decode)
 
     def subscribe(self, callback: Callable[[list[ev.Event]], None]) -> Callable[[], None]:
         """Call ``callback(events)`` on the engine thread after each commit. Keep it quick, and
         treat the events as read-only: their payloads are the engine's own."""
         return self._subscribers.add(callback)
 
-    def record(self, events: Iterable[NewEvent]) -> list[ev.Event]:
+    def record(self, events: Iterable[NewEvent], blobs: Mapping[str, bytes] | None = None) -> list[ev.Event]:
         """Append events that the engine does not make itself: the one door into the log for
         routes, commands and plugins. Each is checked against its model (``events.py``), then
         the loop appends them in its next commit, in order, and projections, ``on_event``
         observers and subscribers see them like every other event. Returns them as committed.
+        ``blobs`` (``{blob_hash(data): data}``, content addressed: a key that is not its bytes'
+        hash raises ``ValueError``) are stored in the same append as the events.
 
         Refused (``RunStateError``) for a run this engine drives; a stale ``expected_version``
         raises ``ConcurrencyError`` and records nothing of that stream. Not from the engine
@@ -313,12 +307,16 @@ class Engine:
         events = list(events)
         for new in events:
             ev.validate_event(new.type, new.data)
+        blobs = dict(blobs or {})
+        for digest, data in blobs.items():
+            if blob_hash(data) != digest:
+                raise ValueError(f"blob {digest!r} is not the hash of its bytes (blobs are content addressed)")
         if not events:
             return []
         if threading.current_thread() is self._thread:
             raise EngineError("Engine.record cannot be called on the engine thread (from a subscriber)")
         reply = Reply()
-        self._post(Record(events, reply))
+        self._post(Record(events, reply, blobs))
         return reply.wait()
 
     def sync_tools(self) -> None:

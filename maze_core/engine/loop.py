@@ -140,7 +140,9 @@ class Loop:
 
     def _record(self, msg: Record) -> None:
         try:
-            self._runs.batch.answer(msg.reply, self._runs.record(msg.events))
+            recorded = self._runs.record(msg.events)
+            self._runs.batch.blobs.update(msg.blobs)
+            self._runs.batch.answer(msg.reply, recorded)
         except MazeError as exc:
             msg.reply.set(error=exc)
 

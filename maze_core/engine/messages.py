@@ -90,6 +90,7 @@ class Record:
 
     events: list[NewEvent]
     reply: Reply
+    blobs: dict[str, bytes] = field(default_factory=dict)   # stored in the same append
 
 
 @dataclass(slots=True)

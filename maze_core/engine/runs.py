@@ -19,7 +19,7 @@ from ..executor import Executor, Invocation, TaskUpdate
 from ..logging import get_logger
 from ..results import ResultEncodingError, encode
 from ..scheduler import ReadyTask, Scheduler
-from ..state import ACTIVE, QUEUED, RETRYING, RUNNING, TERMINAL, RunState
+from ..state import ACTIVE, QUEUED, RETRYING, RUN_FINISHED, RUNNING, TERMINAL, RunState
 from ..store import EventStore
 from . import resume
 from .commits import CommitBatch, Entry, Recorded
@@ -30,7 +30,6 @@ from .timers import RETRY, TIMEOUT, Timers
 
 log = get_logger("maze.engine")
 
-RUN_FINISHED = ("succeeded", "failed", "cancelled")
 RUN_END_EVENT = {"succeeded": ev.RUN_SUCCEEDED, "failed": ev.RUN_FAILED, "cancelled": ev.RUN_CANCELLED}
 
 

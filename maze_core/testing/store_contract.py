@@ -316,6 +316,26 @@ class EventStoreContract:
         assert store.get_run("r1")["task_counts"] == {"queued": 1}
         assert replay_check(store) == []
 
+    def test_resume_resets_requeued_tasks_to_pending(self, store: EventStore) -> None:
+        """``RunResumed``: the tasks it requeues (cut off by a crash) wait to be dispatched again;
+        the others keep their state, and the run is running again."""
+        store.append([run_submitted("r1", ["a", "b", "c"])])
+        store.append(finished_task("r1", "a"))
+        store.append([task_event("r1", ev.TASK_QUEUED, "b"),
+                      task_event("r1", ev.TASK_STARTED, "b", worker={"host": "h1"}),
+                      task_event("r1", ev.TASK_QUEUED, "c"),
+                      run_ended("r1", "failed", error="driver lost")])
+        [resumed] = store.append([_new(ev.run_stream("r1"), ev.RUN_RESUMED,
+                                       {"driver": {"host": "h2"}, "requeued": ["b", "c"]})])
+        a, b, c = store.list_tasks("r1")
+        assert (a["status"], a["attempt"]) == ("succeeded", 1)
+        assert (b["status"], b["attempt"]) == ("pending", 1)
+        assert (c["status"], c["attempt"]) == ("pending", 1)
+        run = store.get_run("r1")
+        assert (run["status"], run["updated_at"]) == ("running", resumed.ts)
+        assert run["task_counts"] == {"succeeded": 1, "pending": 2}
+        assert replay_check(store) == []
+
     def test_get_run_missing(self, store: EventStore) -> None:
         assert store.get_run("nope") is None
         assert store.list_tasks("nope") == []
