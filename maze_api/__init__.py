@@ -1,4 +1,4 @@
-"""maze_api: the FastAPI server of Maze (seed 001 and what users expect beyond it).
+"""maze_api: the FastAPI server of Maze (the original Maze server API and what users expect beyond it).
 
 ``create_app(config, engine=None)`` builds the app; ``maze start`` (plugin ``maze_server``) serves it
 with uvicorn.

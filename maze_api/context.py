@@ -3,7 +3,6 @@ may see which run."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import shutil
@@ -20,6 +19,7 @@ from maze_core import state
 from maze_core.config import MazeConfig
 from maze_core.dag import DAG
 from maze_core.errors import NotFoundError
+from maze_core.loading import purge_modules_under
 
 from .archive import ArchiveError, Limits, member_parts
 from .auth import Identity, TokenTable
@@ -230,11 +230,7 @@ class ServerContext:
                 with importable(sandbox):   # for this thread only, not for tasks running meanwhile
                     return DAG.from_wire(payload, registry=self.engine.registry)
             finally:
-                for name in set(sys.modules) - before:
-                    file = getattr(sys.modules.get(name), "__file__", None) or ""
-                    if file and Path(file).resolve().is_relative_to(sandbox):
-                        del sys.modules[name]
-                importlib.invalidate_caches()
+                purge_modules_under(sandbox, among=set(sys.modules) - before)
 
     def remove_tree(self, path: Path) -> None:
         """Delete a folder this server made (never following links)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import inspect
 import io
 import json
@@ -29,11 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import cloudpickle
-
 from maze_core import events as ev
 from maze_core.errors import NotFoundError
 from maze_core.events import NewEvent
+from maze_core.loading import own_modules, purge_modules_under, ship_by_value, task_files
 from maze_core.logging import get_logger
 from maze_core.registry import import_file
 from maze_core.store import blob_hash
@@ -56,25 +54,13 @@ def check_tool_name(name: Any) -> str:
     return name
 
 
-def _task_files(root: Path) -> list[Path]:
-    out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).parts
-        if path.name.startswith("_") or any(p.startswith((".", "_")) for p in rel[:-1]):
-            continue
-        if path.is_symlink():
-            continue
-        out.append(path)
-    return out
-
-
 def import_tasks(root: Path) -> list[Callable[..., Any]]:
     """Import every module of a tool folder (its own folder importable meanwhile, for helper
     modules) and return the ``@task`` functions each defines. An import error is the uploader's:
     ``Unprocessable`` naming the file."""
     funcs: list[Callable[..., Any]] = []
     with importable(root):   # helper modules of the tool, for this thread only
-        for path in _task_files(root):
+        for path in task_files(root):
             try:
                 module = import_file(path)
             except BaseException as exc:  # SystemExit from a script, too
@@ -86,22 +72,13 @@ def import_tasks(root: Path) -> list[Callable[..., Any]]:
             funcs.extend(found)
         # the tool's modules (its task files and the helpers they import) exist only here:
         # executors that ship functions to other processes (Ray) must send them by value
-        for loaded in list(sys.modules.values()):
-            file = getattr(loaded, "__file__", None)
-            if file and Path(file).resolve().is_relative_to(root.resolve()):
-                cloudpickle.register_pickle_by_value(loaded)
+        ship_by_value(own_modules(root, list(sys.modules)))
     return funcs
 
 
 def forget_modules(root: Path) -> None:
     """Drop modules loaded from ``root`` so that a later upload of the same name loads afresh."""
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve().is_relative_to(root):
-            with contextlib.suppress(ValueError):
-                cloudpickle.unregister_pickle_by_value(module)
-            del sys.modules[name]
-    importlib.invalidate_caches()
+    purge_modules_under(root)
 
 
 class UploadedTools:

@@ -1,4 +1,4 @@
-"""maze_client: the Python SDK of Maze (seed 000), with the client qualities of seed 004.
+"""maze_client: the Python SDK of Maze, with retries, pooled connections and typed results.
 
 Build a workflow locally, submit it to a Maze server, wait, fetch results; no Ray on the client::
 

@@ -1,6 +1,6 @@
 """HTTP plumbing of the SDK: one pooled ``httpx.Client``, retries with backoff, errors mapped to types.
 
-Retry rules (seed 004, made safe):
+Retry rules (those of the original client, made safe):
 
 - only *idempotent* requests are retried: GET, HEAD, PUT, DELETE, OPTIONS, and POSTs the caller
   marks idempotent because they only read (``POST /get/``, ``POST /files/download/{run_id}``);

@@ -4,24 +4,23 @@ the user's own modules pickled *by value*.
 cloudpickle pickles a function of an importable module by reference (``module.name``); the server
 then has to import that module, which works for tool packages installed there but not for a
 ``mytasks.py`` next to the user's script. Seed 000 says the DAG is sent with the functions' code,
-so functions from modules outside the Python installation (not under ``sys.prefix``, not a Maze
-package) are pickled by value. If that fails (a global that cannot be pickled), the payload falls
-back to plain references.
+so functions from modules not installed (``maze_core.loading.installed``: not in site-packages,
+not under the Python installation; not a Maze package) are pickled by value. If that fails (a
+global that cannot be pickled), the payload falls back to plain references.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import sysconfig
 import threading
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import cloudpickle
 
 from maze_core.dag import DAG
+from maze_core.loading import installed, module_location
 
 logger = logging.getLogger("maze.client")
 
@@ -30,33 +29,14 @@ _MAZE_PACKAGES = {"maze_core", "maze_client", "maze_api", "maze_sqlite", "maze_l
                   "maze_ray", "maze_server"}
 
 
-def _install_roots() -> list[Path]:
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            roots.add(path)
-    return [Path(r).resolve() for r in roots if r]
-
-
-def _location(module: ModuleType) -> Path | None:
-    filename = getattr(module, "__file__", None)
-    if not filename:
-        paths = list(getattr(module, "__path__", None) or [])   # a namespace package
-        filename = paths[0] if paths else None
-    return Path(filename).resolve() if filename else None
-
-
 def user_modules(dag: DAG) -> list[ModuleType]:
     """Modules of the DAG's functions that belong to the user's project, not the installation.
 
     For a function of ``mypkg.tasks`` the whole top-level package ``mypkg`` is returned (when it
     too is the user's), so that what ``mypkg.tasks`` uses from ``mypkg.helpers`` travels as well."""
-    roots = _install_roots()
-
     def is_users(module: ModuleType | None) -> bool:
-        path = _location(module) if module is not None else None
-        return path is not None and not any(path.is_relative_to(root) for root in roots)
+        path = module_location(module)
+        return path is not None and not installed(path)
 
     found: dict[str, ModuleType] = {}
     for node in dag.tasks.values():

@@ -1,4 +1,4 @@
-"""``MazeClient``: the Python SDK for a Maze server (seed 000's API, seed 004's client qualities).
+"""``MazeClient``: the Python SDK for a Maze server (the original Maze SDK's API, with retries, pooling and typed results).
 
 ::
 
@@ -114,7 +114,7 @@ class MazeClient:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @property
-    def base_url(self) -> str:  # seed 004's name
+    def base_url(self) -> str:  # the name the original client used
         return self.server_url
 
     @property
@@ -123,7 +123,7 @@ class MazeClient:
 
     @property
     def session(self) -> httpx.Client:
-        """The underlying pooled ``httpx.Client`` (seed 004 exposes its session too)."""
+        """The underlying pooled ``httpx.Client`` (the original client exposed its session too)."""
         return self._http.client
 
     def close(self) -> None:
@@ -143,7 +143,7 @@ class MazeClient:
     def __repr__(self) -> str:
         return f"MazeClient({self.server_url!r}{', token=***' if self.token else ''})"
 
-    # ---- workflows (seed 000) ----------------------------------------------------------------
+    # ---- workflows (the original SDK) --------------------------------------------------------
 
     def new_dag(self, name: str = "") -> DAG:
         """A new, empty workflow; add tasks with ``dag.add_task(func, inputs=...)``."""
@@ -312,7 +312,7 @@ class MazeClient:
         finished run can be destroyed (``MazeBadRequestError`` otherwise)."""
         return self._http.json("POST", "/runs/destroy", json={"run_id": str(run_id)}) or {}
 
-    # ---- runs (seed 004) ---------------------------------------------------------------------
+    # ---- runs --------------------------------------------------------------------------------
 
     def list_runs(self, status: str | None = None, name: str | None = None, limit: int | None = None,
                   offset: int | None = None) -> list[Run]:
@@ -362,7 +362,7 @@ class MazeClient:
         finally:
             response.close()
 
-    # ---- tools (seed 000/001) ----------------------------------------------------------------
+    # ---- tools -------------------------------------------------------------------------------
 
     def list_tools(self) -> list[Tool]:
         """Every tool the server has registered (``GET /tools``)."""
@@ -393,7 +393,7 @@ class MazeClient:
         """Ask the server to rescan its tool folders and plugins (``POST /tools/reload``)."""
         return self._http.json("POST", "/tools/reload") or {}
 
-    # ---- run files (seed 001, used by workers) -----------------------------------------------
+    # ---- run files (used by workers) ---------------------------------------------------------
 
     def get_file_hashes(self, run_id: str) -> dict[str, str]:
         """Relative path to SHA-256 of every file in the run directory (``GET /files/hashes``)."""
@@ -426,7 +426,7 @@ class MazeClient:
             for fh in handles.values():
                 fh.close()
 
-    # ---- server (seed 004) -------------------------------------------------------------------
+    # ---- server ------------------------------------------------------------------------------
 
     def health_check(self) -> Health:
         """The server's status, version and counts (``GET /health``). A server that answers 503

@@ -1,9 +1,14 @@
 """Typed results of the SDK: plain dataclasses built from the server's JSON.
 
 Every model keeps the JSON it came from in ``raw`` and still answers ``model["key"]`` and
-``model.get("key")``, so code written against seed 000's dicts (``result["data"]["summary"]``)
+``model.get("key")``, so code written against the original SDK's dicts (``result["data"]["summary"]``)
 keeps working. Unknown keys are ignored, missing ones become None, so a newer server does not
 break an older SDK.
+
+The field names come from the server's own response shapes (``maze_core.api_models``, pydantic
+only): each model names its shape (``_shape``), the keys each of its fields is read from (``_reads``:
+the shape's names first, then older spellings) and the shape's fields it leaves in ``raw`` only
+(``_raw_only``); tests/test_client_shapes.py checks that the two never drift apart.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+from maze_core import api_models as _shapes
 from maze_core import state as _state
 
 __all__ = [
@@ -31,8 +37,8 @@ __all__ = [
 ]
 
 # Run and task statuses that never change again. The server speaks the engine's words
-# (succeeded, failed, cancelled, skipped); seed 000's words (finished, CANCELLED) are accepted too.
-# The engine's sets come from maze_core.state (light: no Ray, no FastAPI); the aliases are seed 000's.
+# (succeeded, failed, cancelled, skipped); the original SDK's words (finished, CANCELLED) are accepted too.
+# The engine's sets come from maze_core.state (light: no Ray, no FastAPI); the aliases are the original SDK's.
 _SEED_ALIASES = frozenset({"finished", "canceled"})
 RUN_FINAL_STATUSES = _state.RUN_FINISHED | _SEED_ALIASES
 TASK_FINAL_STATUSES = _state.TERMINAL | _SEED_ALIASES | {"success"}
@@ -69,6 +75,15 @@ class _DictAccess:
     """``model["key"]`` / ``model.get("key")`` read the server's JSON, then the attributes."""
 
     raw: dict[str, Any]
+    # The server's shape of this JSON, where it declares one (see the module's docstring).
+    _shape: ClassVar[type[_shapes.BaseModel] | None] = None
+    _reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    _raw_only: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def _read(cls, data: Mapping[str, Any], name: str, default: Any = None) -> Any:
+        """The first of the keys field ``name`` is read from that ``data`` holds (not None)."""
+        return _first(data, *cls._reads[name], default=default)
 
     def __getitem__(self, key: str) -> Any:
         if key in self.raw:
@@ -102,7 +117,7 @@ class _DictAccess:
 class TaskResult(_DictAccess):
     """``POST /get/``: a task's state and, once it has one, its result or error.
 
-    ``data`` holds the task's return value when it succeeded (seed 000: ``result["data"]``)."""
+    ``data`` holds the task's return value when it succeeded (as in the original SDK: ``result["data"]``)."""
 
     run_id: str
     task_id: str
@@ -112,12 +127,17 @@ class TaskResult(_DictAccess):
     status: str = "success"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.TaskResult
+    _reads = {"run_id": ("run_id",), "task_id": ("task_id",), "task_status": ("task_status", "state"),
+              "data": ("data",), "error": ("error",), "status": ("status",)}
+    _raw_only = frozenset({"maze_status", "attempt", "duration_s", "traceback"})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run_id: str = "", task_id: str = "") -> TaskResult:
-        return cls(run_id=_first(data, "run_id", default=run_id), task_id=_first(data, "task_id", default=task_id),
-                   task_status=_first(data, "task_status", "state", default="unknown"),
-                   data=data.get("data"), error=data.get("error"),
-                   status=_first(data, "status", default="success"), raw=dict(data))
+        return cls(run_id=cls._read(data, "run_id", run_id), task_id=cls._read(data, "task_id", task_id),
+                   task_status=cls._read(data, "task_status", "unknown"),
+                   data=cls._read(data, "data"), error=cls._read(data, "error"),
+                   status=cls._read(data, "status", "success"), raw=dict(data))
 
     @property
     def done(self) -> bool:
@@ -148,19 +168,26 @@ class TaskSummary(_DictAccess):
     error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.Task
+    _reads = {"task_id": ("task_id", "id"), "status": ("status", "task_status", "state"),
+              "name": ("task_name", "name"), "func_name": ("func_name", "tool"), "attempt": ("attempt",),
+              "started_at": ("started_at", "start_time"), "finished_at": ("finished_at", "ended_at", "end_time"),
+              "duration": ("duration", "duration_s", "elapsed"), "error": ("error",)}
+    _raw_only = frozenset({"queued_at", "worker"})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], task_id: str = "") -> TaskSummary:
-        started = _time(_first(data, "started_at", "start_time"))
-        finished = _time(_first(data, "finished_at", "ended_at", "end_time"))
-        duration = _first(data, "duration", "duration_s", "elapsed")
+        started = _time(cls._read(data, "started_at"))
+        finished = _time(cls._read(data, "finished_at"))
+        duration = cls._read(data, "duration")
         if duration is None and started and finished:
             duration = (finished - started).total_seconds()
-        return cls(task_id=_first(data, "task_id", "id", default=task_id),
-                   status=_first(data, "status", "task_status", "state", default="unknown"),
-                   name=_first(data, "task_name", "name"), func_name=_first(data, "func_name", "tool"),
-                   attempt=data.get("attempt"), started_at=started, finished_at=finished,
+        return cls(task_id=cls._read(data, "task_id", task_id),
+                   status=cls._read(data, "status", "unknown"),
+                   name=cls._read(data, "name"), func_name=cls._read(data, "func_name"),
+                   attempt=cls._read(data, "attempt"), started_at=started, finished_at=finished,
                    duration=float(duration) if isinstance(duration, int | float) else None,
-                   error=data.get("error"), raw=dict(data))
+                   error=cls._read(data, "error"), raw=dict(data))
 
     @property
     def done(self) -> bool:
@@ -190,21 +217,27 @@ class Run(_DictAccess):
     error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.Run
+    _reads = {"run_id": ("run_id", "id"), "status": ("status", "state"), "name": ("name", "workflow_name"),
+              "created_at": ("created_at", "submitted_at", "started_at"),
+              "finished_at": ("finished_at", "ended_at"), "task_counts": ("task_counts", "counts"),
+              "tasks": ("tasks",), "error": ("error",)}
+    _raw_only = frozenset({"owner", "updated_at", "tasks_total", "destroyed"})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Run:
-        counts = _first(data, "task_counts", "counts", default=None)
-        tasks = _tasks_from(data.get("tasks"))
+        counts = cls._read(data, "task_counts")
+        tasks = _tasks_from(cls._read(data, "tasks"))
         if not isinstance(counts, Mapping):
             counts = {}
             for task in tasks:
                 counts[task.status] = counts.get(task.status, 0) + 1
-        return cls(run_id=_first(data, "run_id", "id", default=""),
-                   status=_first(data, "status", "state", default="unknown"),
-                   name=_first(data, "name", "workflow_name", default=""),
-                   created_at=_time(_first(data, "created_at", "submitted_at", "started_at")),
-                   finished_at=_time(_first(data, "finished_at", "ended_at")),
+        return cls(run_id=cls._read(data, "run_id", ""), status=cls._read(data, "status", "unknown"),
+                   name=cls._read(data, "name", ""),
+                   created_at=_time(cls._read(data, "created_at")),
+                   finished_at=_time(cls._read(data, "finished_at")),
                    task_counts={str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
-                   tasks=tasks, error=data.get("error"), raw=dict(data))
+                   tasks=tasks, error=cls._read(data, "error"), raw=dict(data))
 
     @property
     def id(self) -> str:
@@ -236,11 +269,14 @@ class RunSummary(_DictAccess):
     name: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.RunSummary
+    _reads = {"run_id": ("run_id", "id"), "status": ("run_status", "status", "state"), "tasks": ("tasks",),
+              "name": ("name",)}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run_id: str = "") -> RunSummary:
-        return cls(run_id=_first(data, "run_id", "id", default=run_id),
-                   status=_first(data, "run_status", "status", "state", default="unknown"),
-                   tasks=_tasks_from(data.get("tasks")), name=_first(data, "name", default=""),
+        return cls(run_id=cls._read(data, "run_id", run_id), status=cls._read(data, "status", "unknown"),
+                   tasks=_tasks_from(cls._read(data, "tasks")), name=cls._read(data, "name", ""),
                    raw=dict(data))
 
     @property
@@ -278,18 +314,26 @@ class Tool(_DictAccess):
     resources: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.Tool
+    _reads = {"name": ("name", "tool_name"), "description": ("description",),
+              "type": ("type", "tool_type", "task_type"), "version": ("version",), "author": ("author",),
+              "usage_notes": ("usage_notes",), "source": ("source", "origin"),
+              "input_parameters": ("input_parameters",), "output_parameters": ("output_parameters",),
+              "resources": ("resources",)}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tool:
-        resources = data.get("resources") if isinstance(data.get("resources"), Mapping) else {}
-        kind = _first(data, "type", "tool_type", "task_type") or (resources or {}).get("type")
-        version = data.get("version")
-        return cls(name=_first(data, "name", "tool_name", default=""),
-                   description=_first(data, "description", default="") or "",
+        resources = cls._read(data, "resources")
+        resources = resources if isinstance(resources, Mapping) else {}
+        kind = cls._read(data, "type") or (resources or {}).get("type")
+        version = cls._read(data, "version")
+        return cls(name=cls._read(data, "name", ""),
+                   description=cls._read(data, "description", "") or "",
                    type=kind, version=str(version) if version is not None else None,
-                   author=data.get("author"), usage_notes=data.get("usage_notes"),
-                   source=_first(data, "source", "origin"),
-                   input_parameters=dict(data.get("input_parameters") or {}),
-                   output_parameters=dict(data.get("output_parameters") or {}),
+                   author=cls._read(data, "author"), usage_notes=cls._read(data, "usage_notes"),
+                   source=cls._read(data, "source"),
+                   input_parameters=dict(cls._read(data, "input_parameters") or {}),
+                   output_parameters=dict(cls._read(data, "output_parameters") or {}),
                    resources=dict(resources or {}), raw=dict(data))
 
 
@@ -364,7 +408,7 @@ class ClusterInfo(_DictAccess):
         return [gpu for node in self.nodes for gpu in node.gpus]
 
     @property
-    def devices(self) -> list[GPUInfo]:  # seed 004's name
+    def devices(self) -> list[GPUInfo]:  # the name the original client used
         return self.gpus
 
 
@@ -377,12 +421,16 @@ class Health(_DictAccess):
     counts: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _shape = _shapes.Health
+    _reads = {"status": ("status",), "version": ("version",), "counts": ("counts",)}
+    _raw_only = frozenset({"engine", "executor", "uptime_s"})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Health:
-        counts = data.get("counts")
+        counts = cls._read(data, "counts")
         if not isinstance(counts, Mapping):
             counts = {}
-        return cls(status=_first(data, "status", default="unknown"), version=data.get("version"),
+        return cls(status=cls._read(data, "status", "unknown"), version=cls._read(data, "version"),
                    counts=dict(counts), raw=dict(data))
 
     @property

@@ -112,6 +112,60 @@ class Done(_Open):
     run_id: str | None = None
 
 
+class Tool(_Open):
+    name: str
+    version: str | None = None
+    source: str | None = None
+    description: str = ""
+    type: str | None = None
+    resources: dict[str, Any] = {}
+    input_parameters: dict[str, Any] = {}
+    output_parameters: dict[str, Any] = {}
+    author: str | None = None
+    usage_notes: str | None = None
+    tool_type: str | None = None
+    tool_name: str | None = None
+
+
+class ToolList(_Open):
+    status: str
+    tools: list[Tool]
+
+
+class ToolUploaded(_Open):
+    status: str
+    msg: str
+    tool_name: str
+    tasks: list[Any]
+    metadata: dict[str, Any]
+
+
+class ToolDeleted(_Open):
+    status: str
+    msg: str
+    tool_name: str
+    removed: list[Any]
+
+
+class ToolsReloaded(_Open):
+    status: str
+    registered: Any = None
+    updated: Any = None
+    removed: Any = None
+    unchanged: Any = None
+    packages: Any = None
+    problems: Any = None
+
+
+class Health(_Open):
+    status: str
+    version: str | None = None
+    engine: str | None = None
+    executor: str | None = None
+    uptime_s: float | None = None
+    counts: dict[str, Any] | None = None
+
+
 class EventPageBody(_Open):
     events: list[dict[str, Any]]
     last_seq: int
@@ -119,12 +173,13 @@ class EventPageBody(_Open):
     finished: bool
 
 
-def responses(*codes: int, ok: type[BaseModel] | None = None, common: bool = True) -> dict[int | str, Any]:
-    """The ``responses=`` of a route: ``ok`` documents its 200 answer, and each error status (the
-    ``COMMON`` ones unless ``common=False``, plus ``codes``) is an ``ErrorBody``."""
+def responses(*codes: int, ok: type[BaseModel] | None = None, common: bool = True,
+              ok_status: int = 200) -> dict[int | str, Any]:
+    """The ``responses=`` of a route: ``ok`` documents its ``ok_status`` (200) answer, and each error
+    status (the ``COMMON`` ones unless ``common=False``, plus ``codes``) is an ``ErrorBody``."""
     out: dict[int | str, Any] = {}
     if ok is not None:
-        out[200] = {"model": ok}
+        out[ok_status] = {"model": ok}
     for code in sorted(set(codes) | (set(COMMON) if common else set())):
         out[code] = {"model": ErrorBody, "description": ERROR_STATUSES[code]}
     return out

@@ -75,7 +75,7 @@ class EngineConfig(_Section):
 
 class ToolsConfig(_Section):
     paths: list[str] = []
-    package_root: str = ""   # "": each tool file is imported on its own (seed 003 package_root_path)
+    package_root: str = ""   # "": each tool file is imported on its own (the task registry's package_root_path)
 
 
 class LoggingConfig(_Section):

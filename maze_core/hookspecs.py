@@ -60,7 +60,7 @@ def register_tools(register: Any) -> None:
     Call ``register(func)`` for each decorated function; it lands in the task registry with
     ``package:<entry-point name>`` as its source and the version its ``@task`` declares, and the
     registration is recorded as a ``ToolRegistered`` event. A hook that raises is logged and
-    skipped; the other packages' tools still register (seed 003's fail-safe rule)."""
+    skipped; the other packages' tools still register (the task registry's fail-safe rule)."""
 
 
 @hookspec

@@ -111,7 +111,7 @@ class PluginSet:
         load packages installed since start-up (or that failed before), load upgraded tool
         packages again (their modules re-imported), and drop tool packages that were uninstalled.
         A package that fails to load is logged at ERROR and reported by ``maze plugins``; the
-        others load (seed 003 fail-safe). Plugins that provide no tools are never dropped: an
+        others load (the task registry's fail-safe rule). Plugins that provide no tools are never dropped: an
         executor or a store in use cannot be swapped under a running engine."""
         self.load()
         _invalidate_caches()

@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import NotFoundError, TaskDefinitionError
 from .events import canonical_json
+from .loading import task_files
 from .task_meta import (
     DEFAULT_VERSION,
     TYPE_FILEPATH,
@@ -182,7 +183,8 @@ class ToolRegistry:
                        package_root_path: str | Path | None = None) -> list[str]:
         """Import every ``.py`` file under ``tasks_root_path`` and register its ``@task`` functions.
 
-        Files named ``_*`` (``__init__.py`` included) and hidden directories are skipped. With
+        Which files: ``maze_core.loading.task_files`` (files named ``_*``, ``__init__.py``
+        included, folders named ``.*`` or ``_*`` and symbolic links are skipped). With
         ``package_root_path`` the files are imported as regular modules named relative to it (it
         is put on ``sys.path``); otherwise each gets a unique synthetic module name. Only functions
         defined in the module itself are registered (imported ones are not registered twice). A
@@ -195,7 +197,7 @@ class ToolRegistry:
         if package_root is not None and str(package_root) not in sys.path:
             sys.path.insert(0, str(package_root))
         registered: list[str] = []
-        for path in _task_files(root):
+        for path in task_files(root):
             try:
                 module = import_file(path, package_root)
             except (Exception, SystemExit) as exc:  # one broken module must not stop the scan
@@ -245,14 +247,6 @@ class ToolRegistry:
             except Exception:
                 logger.exception("plugin %r failed in register_tools", impl.plugin_name)
         return registered
-
-
-def _task_files(root: Path) -> Iterator[Path]:
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root).parts
-        if path.name.startswith("_") or any(part.startswith(".") for part in relative[:-1]):
-            continue
-        yield path
 
 
 _NON_IDENT = re.compile(r"\W")

@@ -1,6 +1,6 @@
 """Resource requests: parsing, validation and unit conversion, in one place.
 
-A task asks for ``type`` (``cpu`` | ``gpu`` | ``io``), ``cpu`` cores (``cpu_num`` in seed 003),
+A task asks for ``type`` (``cpu`` | ``gpu`` | ``io``), ``cpu`` cores (``cpu_num`` in the original ``@task`` arguments),
 ``mem`` in MB, ``gpu`` devices (fractions allowed), ``gpu_mem`` in MB per device, ``model_name`` and
 ``backend``. Memory accepts numbers (MB) or strings with a unit: ``"512M"``, ``"4G"``, ``"4 GiB"``,
 ``"1.5GB"``. Anything else is an error that names the task and the key.

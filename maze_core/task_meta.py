@@ -1,7 +1,7 @@
-"""Task metadata: the ``@task`` decorator and ``TaskMeta`` (seed 003's ``_task_meta``).
+"""Task metadata: the ``@task`` decorator and ``TaskMeta`` (the ``_task_meta`` dict of the original task registry).
 
 ``@task`` stores the task's metadata on the function as ``func._task_meta``, a plain dict shaped
-exactly as in seed 003 plus three top-level keys::
+exactly as in the original task registry plus three top-level keys::
 
     {'name', 'description', 'input_parameters', 'output_parameters',
      'resources': {'type', 'cpu_num', 'mem', 'gpu_mem', 'model_name', 'backend'},
@@ -11,7 +11,7 @@ exactly as in seed 003 plus three top-level keys::
 (the engine's defaults). Resources are validated and converted by :func:`maze_core.resources.normalize`
 when the function is decorated: ``mem``/``gpu_mem`` are stored in MB (``"4G"`` becomes ``4096``) and
 ``cpu_num`` as a number of cores (an ``io`` task asks for a tenth of a core unless told otherwise).
-A ``gpu`` count given through ``resources={...}`` (seed 000 style) is kept under ``'resources'`` too.
+A ``gpu`` count given through ``resources={...}`` (the original SDK's style) is kept under ``'resources'`` too.
 
 Input schemas missing from the arguments are derived per parameter from the signature and its type
 hints with pydantic; a parameter is required iff its schema has no ``"default"`` (defaults that are
@@ -62,10 +62,11 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 class TaskMeta(BaseModel):
-    """A task's metadata. :meth:`to_dict` gives the seed-003 dict stored as ``func._task_meta``.
+    """A task's metadata. :meth:`to_dict` gives the original task registry's dict stored as
+    ``func._task_meta``.
 
     ``parameters``, ``required_inputs`` and ``accepts_kwargs`` come from the function's signature and
-    are not part of the seed dict.
+    are not part of that dict.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -129,7 +130,7 @@ class TaskMeta(BaseModel):
         return meta
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed-003 metadata dict plus ``version``, ``retries`` and ``timeout``."""
+        """The original task registry's metadata dict plus ``version``, ``retries`` and ``timeout``."""
         return self.model_dump(include=set(_SEED_KEYS))
 
     def normalized_resources(self) -> dict[str, Any]:
@@ -244,7 +245,7 @@ def _whole(number: float) -> int | float:
 
 def _seed_resources(label: str, task_type: str | None, cpu_num: Any, mem: Any, gpu_mem: Any,
                     model_name: str | None, backend: str | None, extra: Any) -> dict[str, Any]:
-    """Validate the resource arguments and return the seed-003 ``resources`` dict."""
+    """Validate the resource arguments and return the original task registry's ``resources`` dict."""
     if extra is not None and not isinstance(extra, dict):
         raise ResourceError(f"@task on {label!r}: resources must be a mapping, got {extra!r}")
     raw = dict(extra or {})
@@ -338,8 +339,8 @@ def task(
 ) -> Any:
     """Mark a function as a Maze task; usable bare (``@task``) or with keyword arguments.
 
-    Arguments of seed 003 (``name``, ``description``, ``input_parameters``, ``output_parameters``,
-    ``task_type``, ``cpu_num``, ``mem``, ``gpu_mem``, ``model_name``, ``backend``) and of seed 000
+    Arguments of the original task registry (``name``, ``description``, ``input_parameters``, ``output_parameters``,
+    ``task_type``, ``cpu_num``, ``mem``, ``gpu_mem``, ``model_name``, ``backend``) and of the original SDK
     (``resources={"gpu": 1}``, ``version``) are accepted, plus ``retries`` (None: engine default)
     and ``timeout`` (seconds > 0, None: none). The function itself is returned, still directly
     callable, with ``func._task_meta`` set. Invalid metadata raises ``TaskDefinitionError`` (bad

@@ -33,7 +33,8 @@ def _plugin_versions() -> dict[str, str]:
 
 
 def scan_tool_folders(config: MazeConfig, registry: Any) -> list[str]:
-    """Register the ``@task`` functions of every ``[tools] paths`` folder (seed 003 rules). With
+    """Register the ``@task`` functions of every ``[tools] paths`` folder (seed 003 rules; the
+    files scanned are ``maze_core.loading.task_files``'s). With
     ``[tools] package_root`` the files are imported as modules named relative to it. A folder
     that does not exist is logged at ERROR and skipped. Returns the problems found."""
     problems = []

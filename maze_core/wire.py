@@ -37,7 +37,7 @@ AUTO_ID = re.compile(r"^t(\d+)$")
 
 
 def dag_to_wire(self: DAG) -> dict[str, Any]:
-    """The submission payload (seed 001): ``{"name", "tasks": {id: {"func_name",
+    """The submission payload (the original Maze server API's ``/submit_workflow/``): ``{"name", "tasks": {id: {"func_name",
     "serialized_func", "dependencies", "inputs", "task_name", "resources", "retries",
     "timeout"}}}``. ``serialized_func`` is base64 of ``cloudpickle.dumps(func)``, computed once
     per distinct function. A task added by tool name travels by name: an empty

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from maze_core import events as ev
-from maze_core.cli_output import (
+from maze_core.cli.output import (
     RunProgress,
     failure_hint,
     fmt_duration,

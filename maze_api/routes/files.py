@@ -1,4 +1,4 @@
-"""File sync of a run folder (seed 001): hashes, download of chosen files, upload.
+"""File sync of a run folder (the original Maze server API's /files routes): hashes, download of chosen files, upload.
 
 Every client-given name is relative, free of NUL and ``..``, no longer than a file system allows,
 and must resolve inside the run folder; symbolic links are never followed (not even to a place

@@ -1,4 +1,4 @@
-"""Workflows and runs (seed 001): submit, results, summary, listing, cancel, download, destroy."""
+"""Workflows and runs (the original Maze server API and beyond): submit, results, summary, listing, cancel, download, destroy."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ..errors import BadRequest, LoggedRoute
 log = get_logger("maze.api")
 router = APIRouter(route_class=LoggedRoute)
 
-# seed 000/001 vocabulary of task states; "maze_status" keeps the precise one
+# the task_status words of the original Maze server API and SDK; "maze_status" keeps the precise one
 SEED_STATUS = {"pending": "pending", "queued": "pending", "running": "running", "retrying": "running",
                "succeeded": "finished", "failed": "failed", "cancelled": "CANCELLED",
                "skipped": "CANCELLED"}
@@ -150,7 +150,7 @@ def get_task_result(query: TaskQuery, identity: Identity = Depends(current_ident
                     ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """``{"status": "success", "task_status": "pending|running|finished|failed|CANCELLED", "data"
     (finished) | "error" (failed, cancelled)}``, plus ``maze_status`` (the precise state: skipped
-    tasks are ``CANCELLED`` in seed terms), ``attempt`` and ``duration_s``."""
+    tasks are ``CANCELLED`` in task_status words), ``attempt`` and ``duration_s``."""
     ctx.run_row(identity, query.run_id)
     row = queries.task_row(ctx.store, query.run_id, query.task_id)
     status = row["status"]

@@ -20,7 +20,8 @@ from ..errors import LoggedRoute
 router = APIRouter(route_class=LoggedRoute, tags=["system"])
 
 
-@router.get("/health", summary="Is the server up (no token needed)", responses=shapes.responses())
+@router.get("/health", summary="Is the server up (no token needed)",
+            responses=shapes.responses(ok=shapes.Health))
 def health(identity: Identity | None = Depends(optional_identity),
            ctx: ServerContext = Depends(get_ctx)) -> JSONResponse:
     """``{"status": "ok", "version", "engine", "executor", "uptime_s"}``; with a valid token also
@@ -66,7 +67,7 @@ def _node(raw: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
             "gpus": [_gpu(g, i) for i, g in enumerate(gpus)],
             "running": _count(raw.get("running", raw.get("running_gpu_tasks"))),
             "queued": _count(raw.get("queued")), "free": free if isinstance(free, dict) else None}
-    # seed 004's get_gpu_info: "available" says whether GPUs can be used on this node
+    # as the original client's get_gpu_info: "available" says whether GPUs can be used on this node
     node["available"] = alive and bool(node["gpus"])
     return node
 

@@ -1,4 +1,5 @@
-"""Tools (seed 001): list, upload, delete; reload of installed tool packages."""
+"""Tools (the original Maze server API's /tools routes): list, upload, delete; reload of installed
+tool packages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from maze_core import api_models as shapes
 from maze_core import tools as tool_set
 from maze_core.logging import get_logger
 
@@ -34,7 +36,7 @@ def uploaded(ctx: ServerContext) -> UploadedTools:
     return UploadedTools(ctx.tools_root, ctx.engine.registry, ctx.archive_limits, ctx.engine)
 
 
-@router.get("/tools", summary="Every registered tool")
+@router.get("/tools", summary="Every registered tool", responses=shapes.responses(ok=shapes.ToolList))
 def list_tools(identity: Identity = Depends(current_identity),
                ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """``{"status": "success", "tools": [{"name", "description", "type", "version", "author",
@@ -57,7 +59,8 @@ def list_tools(identity: Identity = Depends(current_identity),
     return {"status": "success", "tools": tools}
 
 
-@router.post("/tools/upload", summary="Upload a tool (admin)", status_code=201, openapi_extra=MULTIPART_TOOL)
+@router.post("/tools/upload", summary="Upload a tool (admin)", status_code=201, openapi_extra=MULTIPART_TOOL,
+             responses=shapes.responses(400, 409, ok=shapes.ToolUploaded, ok_status=201))
 async def upload_tool(request: Request, identity: Identity = Depends(require_admin),
                       ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Extracts the archive to ``{project_root}/maze/model_cache/{tool_name}/`` with a
@@ -92,7 +95,8 @@ def _install(ctx: ServerContext, identity: Identity, name: str, archive: IO[byte
             "tasks": metadata["tasks"], "metadata": metadata}
 
 
-@router.delete("/tools/{tool_name}", summary="Delete an uploaded tool (admin)")
+@router.delete("/tools/{tool_name}", summary="Delete an uploaded tool (admin)",
+               responses=shapes.responses(400, 404, ok=shapes.ToolDeleted))
 def delete_tool(tool_name: str, identity: Identity = Depends(require_admin),
                 ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Unregisters the tool's tasks (``ToolRemoved`` events), records ``ToolDeleted`` and
@@ -105,7 +109,8 @@ def delete_tool(tool_name: str, identity: Identity = Depends(require_admin),
             "removed": removed}
 
 
-@router.post("/tools/reload", summary="Reload installed tool packages (admin)")
+@router.post("/tools/reload", summary="Reload installed tool packages (admin)",
+             responses=shapes.responses(ok=shapes.ToolsReloaded))
 def reload_tools(identity: Identity = Depends(require_admin),
                  ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     """Picks up tool packages installed, upgraded or uninstalled since the server started (and the

@@ -1,7 +1,7 @@
 """Maze tools that read files: text, CSV, JSON (and JSON Lines), PDF, any of them as text, and
 folder listings.
 
-Path inputs are declared with seed 003's ``TYPE_FILEPATH`` / ``TYPE_FOLDERPATH`` so that Maze can
+Path inputs are declared with the task registry's ``TYPE_FILEPATH`` / ``TYPE_FOLDERPATH`` so that Maze can
 recognise them (I/O placement, sandbox checks). A relative path resolves against the task's working
 directory. Every tool returns a JSON dict; errors (missing file, bad JSON, wrong PDF password) are
 raised with the path in the message.

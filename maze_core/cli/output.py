@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from . import events as ev
-from .state import TERMINAL
+from .. import events as ev
+from ..state import TERMINAL
 
 # ---------------------------------------------------------------------------- consoles
 PIPE_WIDTH = 10_000   # columns of a console that writes to a pipe or file: nothing is cut or wrapped
@@ -60,7 +60,7 @@ def setup_cli_logging(level: str, fmt: str) -> None:
     """Configure logging for a command (once): on stderr as it is at each write."""
     import structlog
 
-    from .logging import setup_logging
+    from ..logging import setup_logging
     if not structlog.is_configured():
         setup_logging(level, fmt, stream=CurrentStderr())
 
@@ -206,7 +206,7 @@ def failure_hint(error: str | None, traceback: str | None = None) -> str | None:
 def run_tasks(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
     """Per task: name, status, attempt, duration and result (JSON view), or error with its
     traceback (from the task's last ``TaskFailed`` event) and a hint, from the log."""
-    from .queries import task_outcomes
+    from ..queries import task_outcomes
     out: dict[str, dict[str, Any]] = {}
     for row in store.list_tasks(run_id):
         out[row["task_id"]] = {"name": row["task_name"] or row["func_name"], "status": row["status"],
