@@ -70,9 +70,10 @@ def last_task_events(store: EventStore, run_id: str, types: frozenset[str] | set
         after = chunk[-1].seq
 
 
-def task_row(store: EventStore, run_id: str, task_id: str) -> dict[str, Any]:
-    """The ``tasks`` projection row of one task; ``NotFoundError`` for an unknown run or task."""
-    if store.get_run(run_id) is None:
+def task_row(store: EventStore, run_id: str, task_id: str, run_checked: bool = False) -> dict[str, Any]:
+    """The ``tasks`` projection row of one task; ``NotFoundError`` for an unknown run or task
+    (``run_checked``: the caller has looked the run up already, which costs a query)."""
+    if not run_checked and store.get_run(run_id) is None:
         raise NotFoundError(f"run {run_id!r} does not exist")
     row = next((t for t in store.list_tasks(run_id) if t["task_id"] == task_id), None)
     if row is None:

@@ -152,7 +152,7 @@ def get_task_result(query: TaskQuery, identity: Identity = Depends(current_ident
     (finished) | "error" (failed, cancelled)}``, plus ``maze_status`` (the precise state: skipped
     tasks are ``CANCELLED`` in task_status words), ``attempt`` and ``duration_s``."""
     ctx.run_row(identity, query.run_id)
-    row = queries.task_row(ctx.store, query.run_id, query.task_id)
+    row = queries.task_row(ctx.store, query.run_id, query.task_id, run_checked=True)
     status = row["status"]
     out: dict[str, Any] = {"status": "success", "run_id": query.run_id, "task_id": query.task_id,
                            "task_status": SEED_STATUS.get(status, status), "maze_status": status,
