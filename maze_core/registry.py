@@ -252,12 +252,14 @@ class ToolRegistry:
 _NON_IDENT = re.compile(r"\W")
 
 
-def import_file(path: Path, package_root: Path | None = None) -> Any:
-    """Import one file: as a named module under ``package_root``, or under a synthetic name."""
+def import_file(path: Path, package_root: Path | None = None, name: str | None = None) -> Any:
+    """Import one file: as a named module under ``package_root``, else as ``name`` or a synthetic
+    name made from its path."""
     if package_root is not None and path.is_relative_to(package_root):
         return importlib.import_module(".".join(path.relative_to(package_root).with_suffix("").parts))
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    name = f"maze_tasks_{digest}_{_NON_IDENT.sub('_', path.stem)}"
+    if name is None:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        name = f"maze_tasks_{digest}_{_NON_IDENT.sub('_', path.stem)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")

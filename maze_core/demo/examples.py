@@ -12,7 +12,6 @@ or an editable install: ``pip install -e .``), then the data files of the instal
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import sysconfig
 from pathlib import Path
@@ -78,20 +77,13 @@ def load_example(name: str) -> ModuleType:
     """The example ``name`` as a module (loaded once per process), its functions pickled by value."""
     import cloudpickle
 
+    from ..registry import import_file
+
     path = find_example(name)
     module_name = f"maze_example_{name}"
     module = sys.modules.get(module_name)
     if module is not None and Path(getattr(module, "__file__", "")) == path:
         return module
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the {name} example from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
+    module = import_file(path, name=module_name)
     cloudpickle.register_pickle_by_value(module)
     return module
